@@ -1,0 +1,1 @@
+"""The semantics stage: resolve names, check types, lower the AST to the IR."""
