@@ -113,13 +113,25 @@ def _encode(obj: object, depth: int) -> bytes:
             raise EncodingError(f"tag number `{tag!r}` is not an unsigned 64-bit integer")
         return _head(_MT_TAG, tag) + _encode(obj.value, depth + 1)
     if isinstance(obj, Mapping):
-        items = sorted((_encode_key(k, depth + 1), _encode(v, depth + 1)) for k, v in obj.items())
-        for (a, _), (b, _) in zip(items, items[1:]):
-            if a == b:
-                raise EncodingError(f"duplicate map key encoding `{a.hex()}`")
-        return _head(_MT_MAP, len(items)) + b"".join(k + v for k, v in items)
+        items = []
+        for k, v in obj.items():
+            items.append((_encode_key(k, depth + 1), _encode(v, depth + 1)))
+        items.sort()
+        for i in range(1, len(items)):
+            if items[i - 1][0] == items[i][0]:
+                raise EncodingError(f"duplicate map key encoding `{items[i][0].hex()}`")
+        parts = [_head(_MT_MAP, len(items))]
+        for k, v in items:
+            parts.append(k)
+            parts.append(v)
+        return b"".join(parts)
     if isinstance(obj, (list, tuple)):
-        return _head(_MT_ARRAY, len(obj)) + b"".join(_encode(v, depth + 1) for v in obj)
+        # Plain loops, not generator expressions: one Python frame per nesting
+        # level keeps MAX_DEPTH well inside the interpreter's recursion limit.
+        parts = [_head(_MT_ARRAY, len(obj))]
+        for v in obj:
+            parts.append(_encode(v, depth + 1))
+        return b"".join(parts)
     if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes, bytearray)):
         raise EncodingError(f"sequence type `{type(obj).__name__}` is not allowed; use a list or tuple")
     raise EncodingError(f"value of type `{type(obj).__name__}` is not allowed in deterministic CBOR")
@@ -135,7 +147,9 @@ def decode_strict(data: bytes) -> Any:
 
     Raises `EncodingError` for malformed CBOR, trailing bytes, values outside
     the value space, and any encoding choice other than the deterministic one.
-    Arrays decode to lists, maps to dicts, unknown tags to ``cbor2.CBORTag``.
+    Arrays decode to lists and maps to dicts, also inside tags (where cbor2
+    itself would return tuples and ``cbor2.frozendict``); unknown tags decode
+    to ``cbor2.CBORTag``.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EncodingError(f"expected bytes, got `{type(data).__name__}`")
@@ -156,6 +170,18 @@ def decode_strict(data: bytes) -> Any:
         raise EncodingError(f"decoded value is outside the deterministic value space: {exc}") from None
     if canonical != data:
         raise EncodingError(_first_difference(data, canonical))
+    return _thaw(value)
+
+
+def _thaw(value: Any) -> Any:
+    # cbor2 decodes the contents of tags as tuples and cbor2.frozendict (so
+    # they can be hashed); callers get the same list/dict shapes everywhere.
+    if isinstance(value, cbor2.CBORTag):
+        return cbor2.CBORTag(value.tag, _thaw(value.value))
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
     return value
 
 
