@@ -1,0 +1,473 @@
+"""The `aarmc` command line.
+
+Every command body runs under `_guarded`: an unexpected exception becomes
+`error[AARM-E0999]: internal error: ...` and exit code 2, never a traceback
+(set AARMC_DEBUG=1 to see one). Output is plain text unless stdout is a
+terminal, where rich adds colour.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
+
+import click
+
+from aarmc import __version__
+from aarmc.diagnostics import ERROR, Diagnostic, render_human
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INCONCLUSIVE = 3
+
+EXIT_CODES = """\b
+Exit codes:
+  0  clean: nothing at or above the fail level; every test passed
+  1  errors in the policy, findings at or above --fail-level, failing
+     tests or coverage below --threshold
+  2  usage or internal error: bad flags, unreadable files, malformed
+     action, session or test files
+  3  inconclusive: the solver gave up (reserved)
+"""
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# ---- output ------------------------------------------------------------------
+
+def _colour() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+_STYLES = (("error[", "bold red"), ("warning[", "bold yellow"), ("info[", "bold cyan"))
+
+
+def echo_human(text: str, err: bool = False) -> None:
+    """Print human-readable output; on a terminal, severities and carets are coloured."""
+    if err or not _colour():
+        click.echo(text, nl=False, err=err)
+        return
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False, soft_wrap=True)
+    for line in text.splitlines():
+        styled = Text(line)
+        for marker, style in _STYLES:
+            at = line.find(marker)
+            if at >= 0:
+                styled.stylize(style, at, line.find("]", at) + 1)
+        stripped = line.lstrip(" 0123456789|")
+        if stripped and set(stripped) == {"^"}:
+            styled.stylize("bold red", len(line) - len(stripped))
+        if " = help:" in line:
+            styled.stylize("green", line.find(" = help:") + 1)
+        console.print(styled)
+
+
+def fail(message: str, help: str | None = None, code: int = EXIT_USAGE) -> NoReturn:
+    """Report a problem with the command's input (not a policy diagnostic) and exit."""
+    lines = [f"error: {message}"]
+    if help:
+        lines.append(f"  = help: {help}")
+    click.echo("\n".join(lines), err=True)
+    sys.exit(code)
+
+
+def internal_error(exc: BaseException) -> NoReturn:
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    message = f"internal error: {type(exc).__name__}" + (f": {detail}" if detail else "")
+    diag = Diagnostic(code="AARM-E0999", severity=ERROR, message=message,
+                      help="this is a bug in aarmc; rerun with AARMC_DEBUG=1 for a traceback and report it")
+    click.echo(render_human(diag, {}), err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _guarded(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(EXIT_USAGE)
+        except Exception as exc:  # noqa: BLE001 - the point: no input produces a traceback
+            if os.environ.get("AARMC_DEBUG") == "1":
+                raise
+            internal_error(exc)
+
+    return wrapper
+
+
+# ---- the front end, behind one function ---------------------------------------------
+
+def load(paths: Sequence[str | Path]):
+    """Load a policy set (`aarmc.semantics.load.load_policy`)."""
+    from aarmc.semantics.load import load_policy
+
+    return load_policy(list(paths))
+
+
+def _input_error(diags: Sequence[Diagnostic]) -> bool:
+    """A file that could not be read or found (E09xx) is a usage error, not a policy error."""
+    return any(d.code.startswith("AARM-E09") and d.severity == ERROR for d in diags)
+
+
+def _read_text(path: str, what: str) -> tuple[str, str]:
+    """(display name, text) of an input file; `-` is stdin. Unreadable input exits 2."""
+    if path == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        display = "<stdin>"
+    else:
+        display = path
+        try:
+            data = Path(path).read_bytes()
+        except IsADirectoryError:
+            fail(f"cannot read {what} `{display}`: it is a directory")
+        except OSError as err:
+            fail(f"cannot read {what} `{display}`: {(err.strerror or str(err)).lower()}")
+    try:
+        return display, data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        fail(f"{what} `{display}` is not UTF-8 text: invalid byte 0x{data[err.start]:02x} at offset {err.start}")
+
+
+def _read_json(path: str, what: str) -> Any:
+    from aarm_runtime import values
+
+    display, text = _read_text(path, what)
+    try:
+        return values.load_json(text)
+    except values.JsonError as err:
+        fail(f"{what} `{display}`: {err}", help="the file must be one JSON document (LANGUAGE.md §7)")
+
+
+# ---- commands ---------------------------------------------------------------------
+
+@click.group(context_settings=CONTEXT, epilog=EXIT_CODES)
+@click.version_option(__version__, "-V", "--version", prog_name="aarmc", message="%(prog)s %(version)s")
+def cli() -> None:
+    """aarmc: check, test and run AARM policies for AI-agent tool calls."""
+
+
+@cli.command(epilog=EXIT_CODES)
+def version() -> None:
+    """Print the version of aarmc."""
+    click.echo(f"aarmc {__version__}")
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--format", "fmt", type=click.Choice(["human", "json", "sarif"]), default="human",
+              show_default=True, help="Output format; json is versioned, sarif is SARIF 2.1.0.")
+@click.option("--fail-level", type=click.Choice(["error", "warning", "info"]), default="error",
+              show_default=True, help="Exit 1 when anything at or above this severity is reported.")
+@_guarded
+def check(paths: tuple[str, ...], fmt: str, fail_level: str) -> None:
+    """Check a policy set: syntax, names and types.
+
+    PATH is a policy file or a directory (every `*.aarm` file below it); all
+    PATHs together form one policy set.
+    """
+    from aarmc import report as rep
+
+    result = load(paths)
+    summary = rep.PolicySummary.of(result.policy) if result.policy is not None else None
+    report = rep.Report(items=result.diagnostics, sources=result.sources, policy=summary)
+    if fmt == "json":
+        click.echo(rep.dumps(rep.report_json(report)))
+    elif fmt == "sarif":
+        click.echo(rep.dumps(rep.report_sarif(report)))
+    else:
+        echo_human(rep.format_human(report))
+    if _input_error(report.diagnostics):
+        sys.exit(EXIT_USAGE)
+    sys.exit(EXIT_FAILED if report.reaches(fail_level) else EXIT_OK)
+
+
+def _policy_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            below = sorted(p for p in path.rglob("*.aarm") if p.is_file())
+            if not below:
+                fail(f"no policy files found in `{raw}`", help="policy files end in `.aarm`")
+            files.extend(below)
+        elif path.exists():
+            files.append(path)
+        else:
+            fail(f"cannot read `{raw}`: no such file or directory")
+    return list(dict.fromkeys(files))
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--check", "check_only", is_flag=True,
+              help="Write nothing; exit 1 and list the files that would change.")
+@click.option("--diff", "show_diff", is_flag=True, help="Write nothing; print a unified diff of the changes.")
+@_guarded
+def fmt(paths: tuple[str, ...], check_only: bool, show_diff: bool) -> None:
+    """Format policy files in the canonical layout, in place.
+
+    PATH is a policy file or a directory (every `*.aarm` file below it). Files
+    that do not parse are left alone and reported (exit 1).
+    """
+    from aarmc.source import SourceFile
+    from aarmc.syntax.parser import parse_module
+    from aarmc.syntax.printer import format_module
+
+    changed: list[str] = []
+    broken = 0
+    for path in _policy_files(paths):
+        display, text = _read_text(str(path), "policy file")
+        module, diags = parse_module(SourceFile(name=display, text=text))
+        if module is None:
+            broken += 1
+            for d in diags:
+                echo_human(render_human(d, {display: text}) + "\n", err=True)
+            click.echo(f"error: not formatting `{display}`: it does not parse", err=True)
+            continue
+        formatted = format_module(module)
+        reparsed, _ = parse_module(SourceFile(name=display, text=formatted))
+        if reparsed != module:
+            raise AssertionError(f"the formatted `{display}` does not parse back to the same policy")
+        if formatted == text:
+            continue
+        changed.append(display)
+        if show_diff:
+            click.echo("".join(difflib.unified_diff(
+                text.splitlines(keepends=True), formatted.splitlines(keepends=True),
+                fromfile=f"{display} (original)", tofile=f"{display} (formatted)")), nl=False)
+        if check_only:
+            click.echo(f"would reformat {display}", err=True)
+        elif not show_diff:
+            _write_atomically(path, formatted)
+            click.echo(f"reformatted {display}", err=True)
+    if broken:
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_FAILED if check_only and changed else EXIT_OK)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace the file's contents without a window in which it is half written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        try:
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_or_exit(policy: str, fmt: str):
+    """The loaded policy; on errors, the diagnostics (as `check` prints them) and exit 1 (2 for E09xx)."""
+    from aarmc import report as rep
+
+    result = load([policy])
+    if result.policy is not None:
+        return result
+    report = rep.Report(items=result.diagnostics, sources=result.sources)
+    if fmt == "json":
+        click.echo(rep.dumps(rep.report_json(report)))
+    else:
+        echo_human(rep.format_human(report))
+    sys.exit(EXIT_USAGE if _input_error(report.diagnostics) else EXIT_FAILED)
+
+
+@cli.command("eval", epilog=EXIT_CODES, short_help="Decide one action and print the decision record.")
+@click.argument("policy", metavar="POLICY")
+@click.option("--action", "action_path", required=True, metavar="FILE",
+              help='The action: {"tool": ..., "params": {...}} (`-` reads stdin).')
+@click.option("--session", "session_path", metavar="FILE",
+              help="The session the context derives from (LANGUAGE.md §7); default: empty.")
+@click.option("--explain", is_flag=True, help="Also show each rule of the tool: true, false or unknown.")
+@click.option("--format", "fmt", type=click.Choice(["human", "json"]), default="human", show_default=True,
+              help="json prints exactly the decision record.")
+@_guarded
+def eval_(policy: str, action_path: str, session_path: str | None, explain: bool, fmt: str) -> None:
+    """Decide one action with the reference interpreter and print the decision record.
+
+    POLICY is a policy file or directory. Any decision exits 0: a DENY is an
+    answer, not a failure.
+    """
+    from aarmc import reference
+    from aarmc import report as rep
+
+    loaded = _load_or_exit(policy, fmt)
+    action = _read_json(action_path, "action file")
+    session = _read_json(session_path, "session file") if session_path else None
+    _check_shapes(action, action_path, session, session_path)
+    try:
+        decision = reference.decide(loaded.policy, action, session)
+    except reference.SessionFileError as err:
+        fail(f"action or session: {err}")
+    record = decision.to_json()
+    if fmt == "json":
+        click.echo(rep.dumps(record))
+        sys.exit(EXIT_OK)
+    lines = [f"decision: {record['decision']}", f"reason:   {record['reason']}"]
+    lines.append("rules:    " + (", ".join(record["rules"]) if record["rules"] else "(none)"))
+    if record.get("message"):
+        lines.append(f"message:  {record['message']}")
+    for key in ("fields", "approvers"):
+        if record.get(key):
+            lines.append(f"{key + ':':<10}{', '.join(record[key])}")
+    if record.get("timeout_s") is not None:
+        lines.append(f"timeout:  {record['timeout_s']}s")
+    if "params" in record:
+        lines.append(f"params:   {rep.dumps(record['params'], indent=None)}")
+    if record.get("wrapper"):
+        lines.append(f"tool:     {record.get('tool')} (through `{record['wrapper']}`)")
+    if explain:
+        lines.extend(_explain(loaded.policy, action, session, decision))
+    echo_human("\n".join(lines) + "\n")
+    sys.exit(EXIT_OK)
+
+
+def _check_shapes(action: Any, action_path: str, session: Any, session_path: str | None) -> None:
+    """Name the file that is malformed (the interpreter's errors say only where inside it)."""
+    from aarmc.reference import context
+
+    try:
+        context.read_action(action)
+    except context.SessionFileError as err:
+        fail(f"action file `{action_path}`: {err}", help='an action is {"tool": "svc.op", "params": {...}}')
+    if session is not None:
+        try:
+            context.read_session(session)
+        except context.SessionFileError as err:
+            fail(f"session file `{session_path}`: {err}",
+                 help="a session's keys are identity, intent, env, risk, now and history (LANGUAGE.md §7)")
+
+
+def _explain(policy: Any, action: Any, session: Any, decision: Any) -> list[str]:
+    """Each rule of the decided tool and its truth value, when the interpreter can say."""
+    from aarmc import reference
+
+    explain_fn = getattr(reference, "explain", None)
+    tool = decision.tool or (action.get("tool") if isinstance(action, dict) else None)
+    lines = ["", f"rules of `{tool}`:" if tool else "rules:"]
+    if explain_fn is None:
+        lines.append("  (per-rule truth values are not available; deciding rules: "
+                     + (", ".join(decision.rules) or "none") + ")")
+        return lines
+    for rule_id, value in _explain_rows(explain_fn(policy, action, session)):
+        lines.append(f"  {value:<8} {rule_id}")
+    return lines
+
+
+def _explain_rows(explanation: Any) -> list[tuple[str, str]]:
+    """(rule id, true|false|unknown) pairs from whatever shape `reference.explain` returns."""
+    if hasattr(explanation, "rules"):
+        explanation = explanation.rules
+    items = explanation.items() if isinstance(explanation, dict) else explanation
+    rows = []
+    for item in items:
+        if isinstance(item, tuple) and len(item) == 2:
+            rule, value = item
+        else:
+            rule, value = getattr(item, "rule", item), getattr(item, "value", None)
+        rule_id = getattr(rule, "id", rule)
+        if value is True or value is False or value is None:
+            text = {True: "true", False: "false", None: "unknown"}[value]
+        else:  # the interpreter's own markers (`Unknown`, `Failure`) or a string
+            kind = value if isinstance(value, str) else type(value).__name__
+            text = {"unknown": "unknown", "failure": "error"}.get(kind.lower(), kind.lower())
+        rows.append((str(rule_id), text))
+    return rows
+
+
+@cli.command("test", epilog=EXIT_CODES, short_help="Run policy unit tests with rule coverage.")
+@click.argument("paths", nargs=-1, required=True, metavar="DIR|FILE...")
+@click.option("--policy", "policy", metavar="POLICY",
+              help="Run every test against this policy file or directory instead of the one each file names.")
+@click.option("--threshold", type=click.FloatRange(0, 100), metavar="PCT",
+              help="Fail (exit 1) when a policy's rule coverage is below PCT percent.")
+@click.option("--format", "fmt", type=click.Choice(["human", "json"]), default="human", show_default=True,
+              help="json is versioned: every case with its decision record, and the coverage.")
+@_guarded
+def test_(paths: tuple[str, ...], policy: str | None, threshold: float | None, fmt: str) -> None:
+    """Run policy unit tests (`*.test.yaml`, see docs/testing.md).
+
+    Each case's action and session go through the reference interpreter and
+    the decision record is compared with the case's `expect`. Rule coverage:
+    the rules that decided at least one passing case, out of all rules.
+    """
+    from aarmc import reference
+    from aarmc import report as rep
+    from aarmc import testing
+
+    result = testing.run(paths, load=load, decide=reference.decide, session_error=reference.SessionFileError,
+                         policy_override=policy, threshold=threshold)
+    if fmt == "json":
+        click.echo(rep.dumps(testing.run_json(result)))
+    else:
+        echo_human(testing.format_human(result))
+    sys.exit(result.exit_code())
+
+
+@cli.command("import-mcp", epilog=EXIT_CODES, short_help="Declare tools from an MCP `tools/list` result.")
+@click.argument("tools_file", metavar="TOOLS.json")
+@click.option("--prefix", metavar="SERVICE",
+              help="Service name for the tools: `search` becomes `SERVICE.search` (default: mcp).")
+@click.option("-o", "--output", metavar="FILE", help="Write the declarations here instead of stdout.")
+@_guarded
+def import_mcp(tools_file: str, prefix: str | None, output: str | None) -> None:
+    """Declare the tools of an MCP server from its `tools/list` result.
+
+    TOOLS.json holds the JSON-RPC response, its `result`, or the list of
+    tools (`-` reads stdin). The declarations have no `returns` clause:
+    classify each tool's output before using them.
+    """
+    from aarmc.mcp_import import McpImportError, import_tools
+    from aarm_runtime import values
+
+    display, text = _read_text(tools_file, "tools file")
+    try:
+        document = values.load_json(text)
+    except values.JsonError as err:
+        fail(f"tools file `{display}`: {err}")
+    try:
+        declarations = import_tools(document, prefix=prefix, source=display)
+    except McpImportError as err:
+        fail(f"tools file `{display}`: {err}")
+    _check_generated(declarations)
+    if output is None:
+        click.echo(declarations, nl=False)
+        return
+    try:
+        Path(output).write_text(declarations, encoding="utf-8")
+    except OSError as err:
+        fail(f"cannot write `{output}`: {(err.strerror or str(err)).lower()}")
+    click.echo(f"wrote {declarations.count(chr(10) + 'tool ')} tool declarations to {output}", err=True)
+
+
+def _check_generated(declarations: str) -> None:
+    """The importer's output must load; if it does not, that is a bug, not the user's problem."""
+    from aarmc.semantics.load import load_policy_text
+
+    header = 'policy "import-mcp" version "0"\ndefault deny\n'
+    result = load_policy_text(header + declarations, name="<import-mcp>")
+    if result.policy is None:
+        first = result.diagnostics[0] if result.diagnostics else None
+        raise AssertionError("generated declarations do not load"
+                             + (f": {first.headline()}" if first else ""))
+
+
+def main() -> None:
+    """The `aarmc` console script."""
+    cli.main(prog_name="aarmc")
