@@ -1,0 +1,9 @@
+"""The reference interpreter: LANGUAGE.md §5 read literally, the oracle for every fast engine.
+
+>>> from aarmc.reference import decide, SessionFileError
+"""
+
+from aarmc.reference.context import SessionFileError
+from aarmc.reference.decide import decide
+
+__all__ = ["SessionFileError", "decide"]
