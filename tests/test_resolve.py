@@ -494,13 +494,31 @@ tool travel.get_hotel(city: str) returns none
 tool email.send(to: email, cc: list[email] = [], note: str?) returns none effects external
 tool a.b(x: str) returns none
 tool c.d(x: str) returns none
+tool api.call(body: json) returns none
 allow "globs" email.*, travel.get_*
 deny "ext" effects external when any x in params.cc: x from untrusted
 allow "named" email.send when all x in params.cc: x from user
 deny "prov" email.send when params.to from (a.b, c.d)
 deny "guard" email.send when has params.note and params.note contains "urgent"
 deny "guard2" email.send when not (has params.note) or params.note contains "x"
-deny "json" mcp.invoke when len(params.args) > 10 and params.args == 1
+deny "json" api.call when len(params.body) > 10 and params.body == 1
 ''')
     assert p.rules[0].tools == ("email.send", "travel.get_flight", "travel.get_hotel")
     assert p.rules[1].tools == ("email.send",)
+
+
+def test_rules_never_select_meta_tools():
+    """A call through a meta-tool is decided as the tool it wraps (LANGUAGE.md §3),
+    so `any`/globs leave meta-tools out and naming one is an error."""
+    p = ok('''
+tool mcp.invoke(name: str, args: json) wraps params.name with params.args
+tool mcp.list(x: str) returns none
+allow "all" any
+allow "glob" mcp.*
+''')
+    assert p.rules[0].tools == ("mcp.list",)
+    assert p.rules[1].tools == ("mcp.list",)
+    assert codes('''
+tool mcp.invoke(name: str, args: json) wraps params.name with params.args
+deny "d" mcp.invoke
+''') == ["E0413"]

@@ -334,7 +334,7 @@ class _Resolver:
         effect = decl.effect
         priority = self._priority(decl)
         self._check_effect_args(decl)
-        tools = expand_selector(decl.selector, self.scope, self.sink)
+        tools = expand_selector(decl.selector, self.scope, self.sink, decided=True)
         args = decl.args
 
         def check(tool: ir.Tool, sink: Sink):
@@ -458,7 +458,7 @@ class _Resolver:
                                     help="list each decision once")
                 else:
                     seen.append(word)
-            tools = expand_selector(decl.selector, self.scope, self.sink)
+            tools = expand_selector(decl.selector, self.scope, self.sink, decided=True)
 
             def check(tool: ir.Tool, sink: Sink, decl=decl):
                 return TypeChecker(self.scope, sink).check_condition(decl.condition, tool)

@@ -86,15 +86,29 @@ def did_you_mean(name: str, candidates) -> str | None:
     return f"did you mean `{close[0]}`?" if close else None
 
 
-def expand_selector(selector: ast.Selector, scope: Scope, sink: Sink) -> tuple[str, ...]:
+def expand_selector(selector: ast.Selector, scope: Scope, sink: Sink, *, decided: bool = False) -> tuple[str, ...]:
     """The sorted names of the declared tools a selector covers.
 
     Every item must select something: a misspelt tool or a glob that matches
     nothing is a silent hole in a policy, so it is an error (E0212, E0213).
+
+    `decided=True` for the selectors of rules and asserts: a meta-tool (`wraps`)
+    is never decided itself — the runtime resolves the call to the tool it wraps
+    first — so `any`, globs and `effects E` leave meta-tools out, and naming one
+    is an error (E0413): a rule on it could never apply.
     """
     selected: set[str] = set()
     for item in selector.items:
-        selected.update(_expand_item(item, scope, sink))
+        found = _expand_item(item, scope, sink)
+        if decided:
+            wrappers = [n for n in found if scope.tools[n].wraps is not None]
+            if wrappers and item.kind == "tool" and "*" not in item.name:
+                sink.error("E0413", f"`{item.name}` is a meta-tool: a rule or assert on it never applies",
+                           item.span,
+                           help="a call through a meta-tool is decided as the tool it wraps; "
+                                "select the wrapped tools instead")
+            found = tuple(n for n in found if scope.tools[n].wraps is None)
+        selected.update(found)
     return tuple(sorted(selected))
 
 
