@@ -355,40 +355,22 @@ def _check_shapes(action: Any, action_path: str, session: Any, session_path: str
 
 
 def _explain(policy: Any, action: Any, session: Any, decision: Any) -> list[str]:
-    """Each rule of the decided tool and its truth value, when the interpreter can say."""
-    from aarmc import reference
+    """Each rule of the decided tool, its priority and its truth value (reference interpreter)."""
+    from aarmc.reference import explain
 
-    explain_fn = getattr(reference, "explain", None)
-    tool = decision.tool or (action.get("tool") if isinstance(action, dict) else None)
-    lines = ["", f"rules of `{tool}`:" if tool else "rules:"]
-    if explain_fn is None:
-        lines.append("  (per-rule truth values are not available; deciding rules: "
-                     + (", ".join(decision.rules) or "none") + ")")
+    rows = explain(policy, action, session)
+    lines = ["", f"rules of `{decision.tool}`:" if decision.tool else "rules:"]
+    if not rows:
+        lines.append("  (no rule was evaluated: " + decision.reason + ")")
         return lines
-    for rule_id, value in _explain_rows(explain_fn(policy, action, session)):
-        lines.append(f"  {value:<8} {rule_id}")
+    width = max(len(r.rule) for r in rows)
+    for r in rows:
+        prio = "forbid" if r.effect == "forbid" else f"{r.effect} @{r.priority}"
+        detail = f"  ({r.detail})" if r.detail else ""
+        marker = "*" if r.rule in decision.rules else " "
+        lines.append(f"  {marker} {r.value:<7} {r.rule:<{width}}  {prio}{detail}")
+    lines.append("  (* = deciding rule)")
     return lines
-
-
-def _explain_rows(explanation: Any) -> list[tuple[str, str]]:
-    """(rule id, true|false|unknown) pairs from whatever shape `reference.explain` returns."""
-    if hasattr(explanation, "rules"):
-        explanation = explanation.rules
-    items = explanation.items() if isinstance(explanation, dict) else explanation
-    rows = []
-    for item in items:
-        if isinstance(item, tuple) and len(item) == 2:
-            rule, value = item
-        else:
-            rule, value = getattr(item, "rule", item), getattr(item, "value", None)
-        rule_id = getattr(rule, "id", rule)
-        if value is True or value is False or value is None:
-            text = {True: "true", False: "false", None: "unknown"}[value]
-        else:  # the interpreter's own markers (`Unknown`, `Failure`) or a string
-            kind = value if isinstance(value, str) else type(value).__name__
-            text = {"unknown": "unknown", "failure": "error"}.get(kind.lower(), kind.lower())
-        rows.append((str(rule_id), text))
-    return rows
 
 
 @cli.command("test", epilog=EXIT_CODES, short_help="Run policy unit tests with rule coverage.")

@@ -4,6 +4,6 @@
 """
 
 from aarmc.reference.context import SessionFileError
-from aarmc.reference.decide import decide
+from aarmc.reference.decide import RuleTruth, decide, explain
 
-__all__ = ["SessionFileError", "decide"]
+__all__ = ["RuleTruth", "SessionFileError", "decide", "explain"]

@@ -366,3 +366,45 @@ def _resolve_unknowns(policy: ir.Policy, tool: ir.Tool, true_rules: list[ir.Rule
     rules = _source_order(matter + [r for o in unknown_values for r in o.rules])
     fields = fields_of(matter).union(*(o.fields for o in unknown_values))
     return Outcome(effect=DEFER, reason="absent-context", rules=rules, fields=fields)
+
+
+@attrs.frozen(kw_only=True)
+class RuleTruth:
+    """One rule's value for `aarmc eval --explain`: `true`, `false`, `unknown` or `error`."""
+    rule: str
+    effect: str
+    priority: int
+    value: str
+    detail: str = ""
+
+
+def explain(policy: ir.Policy, action: Mapping, session: Mapping | None = None) -> tuple[RuleTruth, ...]:
+    """The truth value of every rule of the action's (resolved) tool, in source order.
+
+    Empty when the action never reaches rule evaluation (unknown tool, invalid
+    params or context). Forbids are evaluated on the original params.
+    """
+    tool_name, raw_params = read_action(action)
+    data = read_session(session)
+    resolved = _resolve_tool(policy, tool_name, raw_params)
+    if isinstance(resolved, Decision):
+        return ()
+    try:
+        context = derive_context(policy, data)
+    except InvalidContext:
+        return ()
+    scope = Scope(policy=policy, tool=resolved.tool, params=resolved.params, context=context)
+    rows = []
+    for rule in policy.rules_for(resolved.tool.name):
+        value = truth(rule.condition, scope)
+        if isinstance(value, Unknown):
+            row = RuleTruth(rule=rule.id, effect=rule.effect, priority=rule.priority, value="unknown",
+                            detail="absent: " + ", ".join(sorted(value.fields)))
+        elif isinstance(value, Failure):
+            row = RuleTruth(rule=rule.id, effect=rule.effect, priority=rule.priority, value="error",
+                            detail=value.message)
+        else:
+            row = RuleTruth(rule=rule.id, effect=rule.effect, priority=rule.priority,
+                            value="true" if value else "false")
+        rows.append(row)
+    return tuple(rows)
