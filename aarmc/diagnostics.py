@@ -1,7 +1,7 @@
 """Diagnostics: one record for every error, warning and note that aarmc reports.
 
 Every stage collects diagnostics, sorts them by location and reports them once.
-Codes are stable and documented in docs/LANGUAGE.md ("Diagnostic codes"):
+Codes are stable and documented in docs/diagnostics.md (titles in aarmc/codes.py):
 E = error, W = warning, I = info. E01xx syntax, E02xx names and structure,
 E03xx types, E04xx rules, E05xx asserts, E09xx input files.
 """

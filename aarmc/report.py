@@ -17,31 +17,19 @@ from typing import Any, Iterable, Mapping, Sequence
 import attrs
 
 from aarmc import __version__
+from aarmc.codes import CODES
 from aarmc.diagnostics import ERROR, INFO, SEVERITY_RANK, WARNING, Diagnostic, render_human
 
 REPORT_VERSION = 1
-# The project's public home; informationUri and every rule's helpUri derive from it.
-PROJECT_URI = "https://github.com/aarmc/aarmc"
-DIAGNOSTICS_DOC_URI = f"{PROJECT_URI}/blob/main/docs/diagnostics.md"
+# Rule help is carried as text (docs/diagnostics.md in the distribution), not as a
+# URI: the project publishes no web home, and a SARIF helpUri must be absolute.
+DIAGNOSTICS_DOC = "docs/diagnostics.md"
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 SARIF_SRCROOT = "SRCROOT"
 SARIF_LEVEL = {ERROR: "error", WARNING: "warning", INFO: "note"}
 FAIL_LEVELS = (ERROR, WARNING, INFO)
 
-# Short descriptions for SARIF rule metadata. Codes not listed fall back to
-# their family's description, so a new code never breaks the report.
-CODE_TITLES = {
-    "AARM-E0101": "unexpected token",
-    "AARM-E0102": "unexpected end of input",
-    "AARM-E0103": "bad character, unterminated string or regular expression",
-    "AARM-E0104": "invalid tool name",
-    "AARM-E0105": "invalid literal",
-    "AARM-E0106": "invalid duration",
-    "AARM-E0901": "cannot read file",
-    "AARM-E0902": "no policy files found",
-    "AARM-E0999": "internal error",
-}
 FAMILY_TITLES = {
     "E01": "syntax error",
     "E02": "name or structure error",
@@ -55,11 +43,11 @@ FAMILY_TITLES = {
 def code_title(code: str) -> str:
     """A one-line description of a diagnostic code.
 
-    >>> code_title("AARM-E0102"), code_title("AARM-E0317"), code_title("AARM-W0601")
-    ('unexpected end of input', 'type error', 'warning AARM-W0601')
+    >>> code_title("AARM-E0102"), code_title("AARM-E0398"), code_title("AARM-W9999")
+    ('unexpected end of input', 'type error', 'warning AARM-W9999')
     """
-    if code in CODE_TITLES:
-        return CODE_TITLES[code]
+    if code in CODES:
+        return CODES[code]
     family = code.removeprefix("AARM-")[:3]
     if family in FAMILY_TITLES:
         return FAMILY_TITLES[family]
@@ -67,9 +55,9 @@ def code_title(code: str) -> str:
     return f"{kind} {code}"
 
 
-def help_uri(code: str) -> str:
-    """Where a code is documented (GitHub lower-cases heading anchors)."""
-    return f"{DIAGNOSTICS_DOC_URI}#{code.lower()}"
+def help_text(code: str) -> str:
+    """Where a code is documented."""
+    return f"{code}: {code_title(code)}. Meaning, an example and the fix: {DIAGNOSTICS_DOC}."
 
 
 @attrs.frozen(kw_only=True)
@@ -344,14 +332,13 @@ def report_sarif(report: Report, root: Path | None = None) -> dict:
     rules = [{
         "id": code,
         "shortDescription": {"text": code_title(code)},
-        "helpUri": help_uri(code),
+        "help": {"text": help_text(code)},
         "defaultConfiguration": {"level": SARIF_LEVEL.get(severities[code], "error")},
     } for code in codes]
     run: dict[str, Any] = {
         "tool": {"driver": {
             "name": "aarmc",
             "version": __version__,
-            "informationUri": PROJECT_URI,
             "rules": rules,
         }},
         "originalUriBaseIds": {SARIF_SRCROOT: {"uri": root.resolve().as_uri().rstrip("/") + "/"}},

@@ -103,3 +103,17 @@ def test_no_stale_expected_files():
     names = {name for name, _ in CASES}
     stale = [p.name for p in GOLDEN.glob("*.expected") if p.stem not in names]
     assert not stale
+
+
+def test_code_titles_match_the_documentation():
+    """aarmc/codes.py carries the same codes and titles as docs/diagnostics.md."""
+    from aarmc.codes import CODES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "diagnostics.md").read_text("utf-8")
+    documented = {}
+    for line in doc.splitlines():
+        if line.startswith("| AARM-"):
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            documented[cells[0]] = cells[2]
+    registered = {k: v for k, v in CODES.items() if k != "AARM-E0999"}
+    assert registered == documented
