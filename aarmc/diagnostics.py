@@ -91,7 +91,7 @@ def render_human(diag: Diagnostic, sources: dict[str, str]) -> str:
         lines.append(f"{s.file}:{s.line}:{s.col}: {diag.headline()}")
         text = sources.get(s.file)
         if text is not None:
-            src_lines = text.splitlines()
+            src_lines = text.split("\n")  # Lark counts lines at \n only
             if 1 <= s.line <= len(src_lines):
                 src = src_lines[s.line - 1].expandtabs(1)
                 gutter = str(s.line)

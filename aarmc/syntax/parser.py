@@ -15,7 +15,8 @@ from pathlib import Path
 
 import attrs
 import lark
-from lark import Token, Transformer, v_args
+from lark import Token, v_args
+from lark.visitors import Transformer_NonRecursive
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from aarmc.diagnostics import ERROR, Diagnostic
@@ -23,6 +24,11 @@ from aarmc.source import SourceFile, Span
 from aarmc.syntax import ast
 
 MAX_INT = 2**63 - 1
+# Robustness (found by tests/test_fuzz_grammar.py): later stages walk expressions
+# and types recursively, so a file nesting them deeper than this is rejected with
+# AARM-E0107 instead of ending in a RecursionError. Long flat `and` / `or` chains
+# are not nesting (the AST keeps them flat).
+MAX_NESTING = 64
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _STRING_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "/": "/"}
 
@@ -72,8 +78,13 @@ def parse_duration(text: str) -> int:
 
 
 @v_args(meta=True, inline=True)
-class _ToAst(Transformer):
-    """Lark tree → AST. Method names are the grammar's rule names and aliases."""
+class _ToAst(Transformer_NonRecursive):
+    """Lark tree → AST. Method names are the grammar's rule names and aliases.
+
+    Non-recursive (robustness fix): `a and b and ...` is a left-deep Lark tree
+    as deep as the chain is long, and deep nesting is reported by
+    `_check_nesting` on the AST rather than by a RecursionError here.
+    """
 
     def __init__(self, file: str):
         super().__init__()
@@ -97,7 +108,12 @@ class _ToAst(Transformer):
         return _decode_string(tok, self.file)
 
     def _duration(self, tok: Token) -> ast.Duration:
-        seconds = parse_duration(tok.value)
+        # Robustness: more digits than any duration up to a year; also keeps
+        # int() away from Python's 4300-digit conversion limit.
+        digits = tok.value[:-1].lstrip("0") or "0"
+        if len(digits) > 12:
+            raise _SyntaxProblem("AARM-E0106", f"duration `{_shown(tok.value)}` is longer than a year", self._tspan(tok))
+        seconds = parse_duration(digits + tok.value[-1])
         if seconds <= 0:
             raise _SyntaxProblem("AARM-E0106", f"duration `{tok.value}` must be positive", self._tspan(tok))
         if seconds > 366 * 86400:
@@ -389,7 +405,14 @@ class _ToAst(Transformer):
         return ast.StrLit(value=self._str(tok), span=self._span(meta))
 
     def _int(self, tok: Token) -> int:
-        value = int(tok.value)
+        # Robustness: a 64-bit integer has at most 19 digits; checking first keeps
+        # int() away from Python's 4300-digit conversion limit (a ValueError).
+        sign = "-" if tok.value.startswith("-") else ""
+        digits = tok.value.lstrip("-").lstrip("0") or "0"
+        if len(digits) > 19:
+            raise _SyntaxProblem("AARM-E0105", f"integer `{_shown(tok.value)}` is out of range", self._tspan(tok),
+                                 help="integers are 64-bit signed")
+        value = int(sign + digits)
         if abs(value) > MAX_INT:
             raise _SyntaxProblem("AARM-E0105", f"integer `{tok.value}` is out of range", self._tspan(tok),
                                  help="integers are 64-bit signed")
@@ -456,17 +479,28 @@ def _shown(value: str) -> str:
     return value if len(value) <= 40 else value[:37] + "..."
 
 
+def _end_position(text: str) -> tuple[int, int]:
+    """Line and column just after the last line's text.
+
+    Robustness fix: lines are counted at `\n` only, as Lark counts them;
+    `str.splitlines` also splits at `\r`, form feeds and U+2028, which put the
+    location past the end of such a file.
+    """
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    return len(lines), len(lines[-1]) + 1
+
+
 def _error_to_diagnostic(err: UnexpectedInput, source: SourceFile) -> Diagnostic:
     if isinstance(err, UnexpectedToken) and err.token.type == "$END":
-        lines = source.text.splitlines() or [""]
-        line = len(lines)
-        col = len(lines[-1]) + 1
+        line, col = _end_position(source.text)
         span = Span(file=source.name, line=line, col=col, end_line=line, end_col=col + 1)
         return Diagnostic(code="AARM-E0102", severity=ERROR, message="unexpected end of input",
                           span=span, help=_expected(err.accepts or err.expected) or None)
     if isinstance(err, UnexpectedEOF):
-        lines = source.text.splitlines() or [""]
-        span = Span(file=source.name, line=len(lines), col=len(lines[-1]) + 1, end_line=len(lines), end_col=len(lines[-1]) + 2)
+        line, col = _end_position(source.text)
+        span = Span(file=source.name, line=line, col=col, end_line=line, end_col=col + 1)
         return Diagnostic(code="AARM-E0102", severity=ERROR, message="unexpected end of input",
                           span=span, help=_expected(err.expected) or None)
     if isinstance(err, UnexpectedToken):
@@ -525,7 +559,38 @@ def parse_module(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic
         if isinstance(err.orig_exc, _SyntaxProblem):
             return None, [err.orig_exc.diagnostic]
         raise
+    too_deep = _check_nesting(decls)
+    if too_deep is not None:
+        return None, [too_deep]
     return ast.Module(file=source.name, decls=tuple(decls), comments=tuple(comments)), []
+
+
+_NESTING_NODES = (*ast.Expr.__args__, *ast.TypeExpr.__args__)
+
+
+def _check_nesting(decls) -> Diagnostic | None:
+    """AARM-E0107 at the first expression or type nested more than MAX_NESTING deep (robustness).
+
+    Iterative on purpose: the point is to never recurse as deep as the input.
+    """
+    stack = [(d, 0, d.span) for d in reversed(decls)]
+    while stack:
+        node, depth, span = stack.pop()
+        span = getattr(node, "span", None) or span
+        if isinstance(node, _NESTING_NODES):
+            depth += 1
+            if depth > MAX_NESTING:
+                kind = "type" if isinstance(node, ast.TypeExpr.__args__) else "expression"
+                return Diagnostic(code="AARM-E0107", severity=ERROR, message=f"{kind} nested too deeply",
+                                  span=span, help=f"at most {MAX_NESTING} levels of nesting are supported")
+        children = []
+        for field in attrs.fields(type(node)):
+            value = getattr(node, field.name)
+            for child in (value if isinstance(value, tuple) else (value,)):
+                if attrs.has(type(child)) and not isinstance(child, Span):
+                    children.append((child, depth, span))
+        stack.extend(reversed(children))
+    return None
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
