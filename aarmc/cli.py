@@ -172,25 +172,50 @@ def version() -> None:
               show_default=True, help="Exit 1 when anything at or above this severity is reported.")
 @_guarded
 def check(paths: tuple[str, ...], fmt: str, fail_level: str) -> None:
-    """Check a policy set: syntax, names and types.
+    """Check policy sets: syntax, names and types.
 
-    PATH is a policy file or a directory (every `*.aarm` file below it); all
-    PATHs together form one policy set.
+    Each PATH is one policy set: a file, or a directory (every `*.aarm` file
+    below it, in any declaration order). A directory with no `*.aarm` file of
+    its own whose subdirectories hold policies (like `specs/`) is a directory
+    of policy sets: each such subdirectory is checked as its own set. With
+    several sets, `--format json` prints `{"version", "reports": [...]}` and
+    SARIF has one run per set.
     """
     from aarmc import report as rep
 
-    result = load(paths)
-    summary = rep.PolicySummary.of(result.policy) if result.policy is not None else None
-    report = rep.Report(items=result.diagnostics, sources=result.sources, policy=summary)
+    reports = []
+    for group in policy_sets(paths):
+        result = load(group)
+        summary = rep.PolicySummary.of(result.policy) if result.policy is not None else None
+        reports.append(rep.Report(items=result.diagnostics, sources=result.sources, policy=summary))
     if fmt == "json":
-        click.echo(rep.dumps(rep.report_json(report)))
+        docs = [rep.report_json(r) for r in reports]
+        click.echo(rep.dumps(docs[0] if len(docs) == 1 else
+                             {"version": rep.REPORT_VERSION, "tool": "aarmc", "reports": docs}))
     elif fmt == "sarif":
-        click.echo(rep.dumps(rep.report_sarif(report)))
+        logs = [rep.report_sarif(r) for r in reports]
+        merged = dict(logs[0], runs=[run for log in logs for run in log["runs"]])
+        click.echo(rep.dumps(merged))
     else:
-        echo_human(rep.format_human(report))
-    if _input_error(report.diagnostics):
+        echo_human("\n".join(rep.format_human(r) for r in reports))
+    if any(_input_error(r.diagnostics) for r in reports):
         sys.exit(EXIT_USAGE)
-    sys.exit(EXIT_FAILED if report.reaches(fail_level) else EXIT_OK)
+    sys.exit(EXIT_FAILED if any(r.reaches(fail_level) for r in reports) else EXIT_OK)
+
+
+def policy_sets(paths: Sequence[str]) -> list[list[str]]:
+    """The policy sets named by PATH arguments (see `aarmc check --help`)."""
+    sets: list[list[str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir() and not any(p.is_file() for p in path.glob("*.aarm")):
+            children = sorted(child for child in path.iterdir()
+                              if child.is_dir() and any(p.is_file() for p in child.rglob("*.aarm")))
+            if children:
+                sets.extend([str(child)] for child in children)
+                continue
+        sets.append([raw])
+    return sets
 
 
 def _policy_files(paths: Sequence[str]) -> list[Path]:

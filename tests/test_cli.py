@@ -464,3 +464,23 @@ def test_eval_explain_shows_every_rule_with_its_truth_value(tmp_path):
     assert any(line.strip().startswith("* true") and "no-external-after-pii" in line for line in lines)
     assert any("unknown" in line and "injected-recipient" in line and "absent: intent" in line for line in lines)
     assert any("false" in line and "internal-mail" in line for line in lines)
+
+
+def test_check_a_directory_of_policy_sets(tmp_path):
+    """specs/-style directories: each subdirectory with policies is its own set."""
+    from click.testing import CliRunner
+    from aarmc.cli import cli
+
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "p.aarm").write_text(
+            f'policy "{name}" version "1"\ndefault deny\ntool a.b(x: int) returns none\nallow "r" a.b\n')
+    (tmp_path / "notes").mkdir()  # no policies: not a set
+    result = CliRunner().invoke(cli, ["check", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "policy `one`" in result.output and "policy `two`" in result.output
+    as_json = json.loads(CliRunner().invoke(cli, ["check", str(tmp_path), "--format", "json"]).output)
+    assert [r["policy"]["name"] for r in as_json["reports"]] == ["one", "two"]
+    (tmp_path / "two" / "bad.aarm").write_text("allow \"r2\" c.d\n")
+    bad = CliRunner().invoke(cli, ["check", str(tmp_path)])
+    assert bad.exit_code == 1 and "AARM-E0212" in bad.output and "policy `one`" in bad.output
