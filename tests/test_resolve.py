@@ -522,3 +522,8 @@ allow "glob" mcp.*
 tool mcp.invoke(name: str, args: json) wraps params.name with params.args
 deny "d" mcp.invoke
 ''') == ["E0413"]
+
+
+def test_len_is_reserved():
+    """`len` starts an operand, so a const named `len` could never be read."""
+    assert "E0211" in codes('const len = 5\n')

@@ -408,3 +408,20 @@ def test_type_relations():
     assert assignable(EnumT(("a",)), EnumT(("a", "b"))) and not assignable(EnumT(("a", "c")), EnumT(("a", "b")))
     assert assignable(ListT(INT), ListT(DECIMAL)) and not assignable(STR, EMAIL)
     assert show(ListT(EnumT(("a",)))) == 'list[enum("a")]' and show(Prim("json")) == "json"
+
+
+def test_paths_take_string_operations_on_their_normalised_text():
+    """`params.p startswith "/workspace/"` and `matches` work on paths (the normalised text)."""
+    from aarmc.reference import decide
+    from aarmc.semantics.load import load_policy_text
+
+    result = load_policy_text('policy "p" version "1"\ndefault deny\n'
+                              'tool fs.write(p: path, data: str) returns none\n'
+                              'allow "in-workspace" fs.write when params.p startswith "/workspace/"'
+                              ' and not (params.p matches /\\.env$/)\n')
+    assert result.diagnostics == ()
+    decide_p = lambda p: decide(result.policy, {"tool": "fs.write", "params": {"p": p, "data": ""}}).decision
+    assert decide_p("/workspace//src/./a.py") == "allow"
+    assert decide_p("/workspace/.env") == "deny"
+    assert decide_p("/etc/passwd") == "deny"
+    assert decide_p("/workspace/../etc/passwd") == "deny"  # `..` makes the params invalid

@@ -22,7 +22,7 @@ from aarmc.syntax import ast
 
 # Words that would make a bare-name reference ambiguous: the grammar's own
 # keywords (LANGUAGE.md §3) and the roots of qualified references.
-RESERVED_WORDS = ("not", "has", "all", "any", "true", "false")
+RESERVED_WORDS = ("not", "has", "all", "any", "true", "false", "len")
 CONTEXT_ROOTS = ("params", "env", "risk", "identity", "intent", "session")
 
 

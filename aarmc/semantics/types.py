@@ -668,8 +668,8 @@ class TypeChecker:
         if op == "contains" and (isinstance(lt, (ListT, SetT)) or lt is TAGS):
             got = self._membership(node, op, node.right, right, rt, node.left, left, lt)
             return result(*(reversed(got) if got else (left, right)))
-        # contains, startswith, endswith on strings
-        if lt != STR or rt != STR:
+        # contains, startswith, endswith on strings (a path reads as its normalised text)
+        if lt not in (STR, PATH) or rt != STR:
             help = None
             if lt in (EMAIL, URL) or rt in (EMAIL, URL):
                 help = "compare a field instead: `.local` / `.domain` of an email, `.scheme` / `.host` / `.path` of a url"
@@ -787,8 +787,8 @@ class TypeChecker:
 
     def _matches(self, node: ast.Matches, fr: _Frame):
         value, t = self.expr(node.value, fr)
-        if t not in (STR, ERROR):
-            self.sink.error("E0306", f"`matches` needs a string, found `{show(t)}`", node.value.span,
+        if t not in (STR, PATH, ERROR):
+            self.sink.error("E0306", f"`matches` needs a string or a path, found `{show(t)}`", node.value.span,
                             help="match a field instead: `.local` / `.domain` of an email, `.host` / `.path` of a url"
                             if t in (EMAIL, URL) else None)
         try:
