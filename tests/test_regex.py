@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import doctest
 import pickle
+import random
 import re
+import threading
+import time
+import timeit
 import warnings
 
 import pytest
@@ -14,6 +18,7 @@ from hypothesis import strategies as st
 from aarm_runtime import regex
 from aarm_runtime.regex import (
     MAX_REPEAT,
+    MAX_STATES,
     Alt,
     AnyChar,
     Bol,
@@ -23,9 +28,11 @@ from aarm_runtime.regex import (
     Eol,
     Group,
     Lit,
+    Matcher,
     Regex,
     RegexError,
     Repeat,
+    compile_matcher,
     compile_regex,
     matches,
     parse_regex,
@@ -180,6 +187,12 @@ REJECTED: list[tuple[str, str, int, str]] = [
     ("\U00030000", "", 0, "above U+2FFFF"),
     ("ab[x-\U00030000]", "", 5, "above U+2FFFF"),
     ("\ud800", "", 0, "surrogate"),
+    ("(?:a{100}){101}", "", 10, "too large"),
+    ("x(?:a{1000}){11}", "", 12, "too large"),
+    ("a{1000}" * 10 + "b", "", 70, "too large"),
+    ("a{1000}|" * 9 + "a{999}|b", "", 79, "too large"),
+    ("(a{1000}b{1000}){2}(c{1000}){4}(d{1000}){3}", "", 31, "too large"),
+    ("((a{1000}){1000}){1000}", "", 10, "too large"),
     ("a", "m", 2, "unknown flag"),
     ("abc", "ix", 5, "unknown flag"),
     ("a", "ii", 3, "twice"),
@@ -243,6 +256,23 @@ def test_rejected(pattern: str, flags: str, offset: int, fragment: str) -> None:
         ("^a?$", "", "aa", False),
         ("[\\Da]", "", "a", True),
         ("[\\Da]", "", "5", False),
+        ("$^", "", "", True),  # both hold in the empty text
+        ("$^", "", "a", False),
+        ("^$", "", "", True),
+        ("(^|a)b", "", "ab", True),
+        ("(^|a)b", "", "cb", False),
+        ("(^|a)b", "", "bc", True),
+        ("a(?:$|b)", "", "xa", True),
+        ("a(?:$|b)", "", "ac", False),
+        ("(?:$)*a", "", "ba", True),
+        ("(?:^)+a", "", "ba", False),
+        ("x*$", "", "abc", True),
+        ("(a|b)*c$", "", "ababababd", False),
+        ("^(a+)+$", "", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaab", False),
+        ("[\U0002ffff]", "", "x\U0002ffff", True),
+        ("[^\u00e9]", "", "\u00e9", False),
+        ("\\w", "", "\U0010ffff", False),
+        (".", "", "\U0010ffff", True),
     ],
 )
 def test_meaning(pattern: str, flags: str, text: str, found: bool) -> None:
@@ -388,6 +418,9 @@ def _near(word: str, data: st.DataObject) -> list[str]:
 def _check_differential(pattern: str, flags: str, subjects: list[str]) -> None:
     tree = parse_regex(pattern, flags)
     compiled = compile_regex(pattern, flags)
+    # The shared cached matcher, plain NFA simulation, and a budget that runs
+    # out part way: the three paths of the linear engine.
+    matchers = [compile_matcher(pattern, flags), Matcher(tree, cache_budget=0), Matcher(tree, cache_budget=2000)]
     native = None
     if not _has_eol(tree):
         # Where `$` does not occur, Python's own reading of the pattern under
@@ -395,9 +428,11 @@ def _check_differential(pattern: str, flags: str, subjects: list[str]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             native = re.compile(pattern, re.ASCII | (re.IGNORECASE if flags else 0))
-    for subject in subjects:
+    for subject in [*subjects, "".join(subjects)]:
         expected = _reference_search(tree, subject)
         assert (compiled.search(subject) is not None) is expected, (pattern, flags, subject, to_python(tree))
+        for matcher in matchers:
+            assert matcher.search(subject) is expected, (pattern, flags, subject)
         if native is not None:
             assert (native.search(subject) is not None) is expected, (pattern, flags, subject)
 
@@ -408,8 +443,8 @@ def _differential(pattern: str, flags: str, subjects: list[str], data: st.DataOb
 
 
 @given(PATTERNS, st.sampled_from(["", "i"]), SUBJECTS, st.data())
-@settings(max_examples=200, deadline=None)
-def test_python_translation_agrees_with_reference_matcher(
+@settings(max_examples=300, deadline=None)
+def test_python_translation_and_linear_matcher_agree_with_reference_matcher(
     pattern: str, flags: str, subjects: list[str], data: st.DataObject
 ) -> None:
     _differential(pattern, flags, subjects, data)
@@ -418,7 +453,7 @@ def test_python_translation_agrees_with_reference_matcher(
 @pytest.mark.slow
 @given(PATTERNS, st.sampled_from(["", "i"]), SUBJECTS, st.data())
 @settings(max_examples=5000, deadline=None)
-def test_python_translation_agrees_with_reference_matcher_long(
+def test_python_translation_and_linear_matcher_agree_with_reference_matcher_long(
     pattern: str, flags: str, subjects: list[str], data: st.DataObject
 ) -> None:
     _differential(pattern, flags, subjects, data)
@@ -449,3 +484,126 @@ def test_the_i_flag_leaves_no_trace_but_case_closed_sets(pattern: str) -> None:
             assert {_swap_case(c) for c in members} == members
     if not any(isinstance(n, (Lit, CharClass)) for n in _nodes(plain)):
         assert folded == plain
+
+
+# --------------------------------------------------------------------------- linear-time matcher
+
+
+@given(PATTERNS, st.sampled_from(["", "i"]))
+@settings(max_examples=200, deadline=None)
+def test_the_size_limit_counts_the_states_the_matcher_builds(pattern: str, flags: str) -> None:
+    tree = parse_regex(pattern, flags)
+    assert Matcher(tree).states == regex._size(tree) + 1  # + the match state
+
+
+def test_size_limit_boundary() -> None:
+    assert compile_matcher("a{1000}" * (MAX_STATES // 1000)).states == MAX_STATES + 1
+    with pytest.raises(RegexError, match="too large"):
+        Matcher(Concat((Repeat(Lit("a"), MAX_STATES, MAX_STATES), Lit("b"))))
+
+
+def test_matches_and_compile_matcher() -> None:
+    assert compile_matcher("a+b", "i") is compile_matcher("a+b", "i")
+    assert compile_matcher("a+b", "i") is not compile_matcher("a+b", "")
+    assert matches("a+b", "i", "xAAB") is True and matches("a+b", "", "xAAB") is False
+    with pytest.raises(RegexError):
+        compile_matcher("(?=a)")
+
+
+# Classic catastrophic-backtracking patterns (each takes Python's `re` time
+# exponential in the text, or quadratic and more), and one whose DFA has 2^13
+# states so that the cache runs out and plain NFA simulation takes over.
+_RNG = random.Random(7)
+_RANDOM_AB = "".join(_RNG.choice("ab") for _ in range(10_000))
+PATHOLOGICAL = [
+    ("(a+)+$", "a" * 10_000 + "b", False),
+    ("(a+)+b", "a" * 10_000 + "b", True),
+    ("^(a|a)*$", "a" * 10_000 + "b", False),
+    ("(a|aa)*c", "a" * 10_000, False),
+    ("(a*)*b", "a" * 10_000, False),
+    ("(x+x+)+y", "x" * 10_000, False),
+    ("(.*a){20}$", "a" * 10_000 + "\n", False),
+    ("(\\w+\\s?)+$", "a" * 10_000 + "!", False),
+    ("^(\\w+\\.)+\\w+@x\\.example$", "a." * 5_000, False),
+    ("(.*){1000}x", "y" * 10_000, False),
+    ("(a|b)*a(a|b){12}$", _RANDOM_AB + "c", False),
+    ("(a|b)*a(a|b){12}$", _RANDOM_AB[:-13] + "a" + _RANDOM_AB[-12:], True),
+]
+
+
+@pytest.mark.parametrize(("pattern", "text", "found"), PATHOLOGICAL, ids=[c[0] for c in PATHOLOGICAL])
+def test_pathological_patterns_take_linear_time(pattern: str, text: str, found: bool) -> None:
+    matcher = compile_matcher(pattern)
+    assert len(text) >= 10_000
+    timings = []
+    for _ in range(2):  # a fresh cache, then a warm one
+        start = time.perf_counter()
+        assert matcher.search(text) is found
+        timings.append(time.perf_counter() - start)
+    print(f"/{pattern}/ on {len(text)} chars: {timings[0] * 1e3:.1f} ms cold, {timings[1] * 1e3:.1f} ms warm")
+    # Typically well under 50 ms; a generous bound keeps a loaded CI quiet.
+    assert max(timings) < 1.0
+
+
+def test_the_cost_grows_linearly_with_the_text() -> None:
+    # A DFA that runs out of cache: the slow path must be linear too.
+    matcher = Matcher(parse_regex("(a|b)*a(a|b){12}$"), cache_budget=0)
+    def cost(n: int) -> float:
+        text = (_RANDOM_AB * 8)[:n] + "c"
+        return min(timeit.repeat(lambda: matcher.search(text), number=1, repeat=3))
+    small, large = cost(2_000), cost(16_000)
+    print(f"plain NFA simulation: {small * 1e3:.1f} ms for 2k chars, {large * 1e3:.1f} ms for 16k chars")
+    assert large < 8 * small * 3  # 8 times the text: not 64 times the time
+
+
+def test_micro_benchmark_against_re() -> None:
+    pattern, flags = r"drop\s+(table|database)", "i"
+    text = ("SELECT name, email FROM users WHERE id = 42 AND status = 'active' ORDER BY created_at DESC "
+            "LIMIT 10;")[:100]
+    assert len(text) == 100
+    matcher, backtracking = compile_matcher(pattern, flags), compile_regex(pattern, flags)
+    assert matcher.search(text) is False and backtracking.search(text) is None
+    calls = 2_000
+    ours = min(timeit.repeat(lambda: matcher.search(text), number=calls, repeat=3)) / calls
+    theirs = min(timeit.repeat(lambda: backtracking.search(text), number=calls, repeat=3)) / calls
+    print(f"/{pattern}/{flags} on 100 chars: linear matcher {ours * 1e6:.2f} us per call, re {theirs * 1e6:.2f} us")
+    assert ours < 1e-3
+
+
+def test_non_ascii_text_beyond_the_class_memo() -> None:
+    # More distinct characters than the matcher remembers classes for.
+    pattern = "[\u0100-\u017f\U00020000]z|\u00e9"
+    matcher, backtracking = compile_matcher(pattern), compile_regex(pattern)
+    for code in [*range(0x80, 0x3000), 0xFFFF, 0x1FFFF, 0x20000, 0x2FFFF, 0x10FFFF]:
+        for text in (chr(code) + "z", "a" + chr(code)):
+            assert matcher.search(text) is (backtracking.search(text) is not None), hex(code)
+
+
+@pytest.mark.parametrize("budget", [0, 500, 5_000, 50_000])
+def test_small_cache_budgets_change_speed_not_answers(budget: int) -> None:
+    pattern = "(a|b)*a(a|b){6}(c|$)"
+    matcher, backtracking = Matcher(parse_regex(pattern), cache_budget=budget), compile_regex(pattern)
+    rng = random.Random(budget)
+    for _ in range(300):
+        text = "".join(rng.choice("abbc") for _ in range(rng.randrange(30)))
+        assert matcher.search(text) is (backtracking.search(text) is not None), text
+
+
+def test_one_matcher_shared_by_threads() -> None:
+    pattern = "(a|b)*a(a|b){8}(c|$)|^b{3}"
+    matcher, backtracking = Matcher(parse_regex(pattern), cache_budget=20_000), compile_regex(pattern)
+    failures: list[str] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(400):
+            text = "".join(rng.choice("abc") for _ in range(rng.randrange(40)))
+            if matcher.search(text) is not (backtracking.search(text) is not None):
+                failures.append(text)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

@@ -686,8 +686,26 @@ def test_canonical_token(value: object, token: str | None) -> None:
         ("bob@corp.example", "bob@corp.example", True),
         ("bob@corp.example", "(bob@corp.example)", True),
         ("bob@corp.example", "<bob@corp.example>, x", True),
-        ("bob@corp.example", "bob@corp.example.", False),  # LANGUAGE.md: no `.` after, even at a sentence end
+        # A `.` after the token is a full stop when no token character follows it.
+        ("bob@corp.example", "send the notes to bob@corp.example.", True),
+        ("bob@corp.example", "mail bob@corp.example. Then call", True),
+        ("bob@corp.example", "(to bob@corp.example.)", True),
+        ("bob@corp.example", "bob@corp.example.\n", True),
         ("bob@corp.example", "bob@corp.example.evil.net", False),
+        ("bob@corp.example", "bob@corp.example.evil.com", False),
+        ("bob@corp.example", "bob@corp.example.com", False),
+        ("bob@corp.example", "bob@corp.example..", False),
+        ("bob@corp.example", "bob@corp.example...", False),
+        ("bob@corp.example", "bob@corp.example.-", False),
+        ("bob@corp.example", "bob@corp.example._", False),
+        ("bob@corp.example", "bob@corp.example.@x", False),
+        ("bob@corp.example", "bob@corp.example.é", False),
+        ("bob@corp.example", "bob@corp.example.\u0663", False),
+        ("bob@corp.example", ".bob@corp.example", False),  # only a trailing full stop
+        ("bob@corp.example", "see .bob@corp.example.", False),
+        ("bob@corp.example", "bob@corp.example-.", False),
+        ("corp.example.", "at corp.example..", True),  # the token's own `.`, then a full stop
+        ("corp.example", "at corp.example..", False),
         ("bob@corp.example", "xbob@corp.example", False),
         ("bob@corp.example", "a.bob@corp.example", False),
         ("bob@corp.example", "_bob@corp.example", False),
@@ -704,6 +722,8 @@ def test_canonical_token(value: object, token: str | None) -> None:
         ("1000", "pay 10000", False),
         ("1000", "pay 1,000", False),
         ("1000", "1000.50", False),
+        ("1000", "pay 1000.", True),
+        ("1000", "pay 1000.5.", False),
         ("-42", "x=-42;", True),
         ("-42", "x--42", False),
         ("a b", "xa b", False),
@@ -736,6 +756,13 @@ def test_occurs_as_token(token: str, text: str, found: bool) -> None:
         (Decimal("1000.00"), "amount: 1000", True),
         (Path("/etc/passwd"), "cat /etc/passwd", True),
         (Path("/etc/passwd"), "cat /etc/passwd.bak", False),
+        (Path("/etc/passwd"), "read /etc/passwd.", True),
+        (Email("bob", "corp.example"), "Mail BOB@Corp.Example.", True),
+        (Email("bob", "corp.example"), "Mail BOB@Corp.Example.Evil.com", False),
+        (parse_url("https://x.example/Doc"), "see HTTPS://X.Example/Doc.", True),
+        (parse_url("https://x.example/Doc"), "see https://x.example/Doc.html", False),
+        (Decimal("1.5"), "costs 1.5.", True),
+        (Decimal("1.5"), "version 1.5.1", False),
         (True, "true", False),
     ],
 )
@@ -776,6 +803,10 @@ def test_token_index_grows() -> None:
     index.add("two a b")
     assert index.contains("a b") and len(index) == 2
     assert not index.contains("abc two")  # no match across two texts
+    index.add("then x@y.example.")
+    assert index.contains("x@y.example") and index.contains("x@y.example.") and not index.contains("y.example.")
+    index.add("and q@r.example.evil.")
+    assert index.contains("q@r.example.evil") and not index.contains("q@r.example")
     assert TokenIndex(["x\U0010ffffy"]).contains("x\U0010ffffy")  # the join separator inside a token
 
 
@@ -813,7 +844,9 @@ def _reference_occurs(token: Token, text: str) -> bool:
     for at in range(len(text) - size + 1):
         if at > 0 and is_token_char(text[at - 1]):
             continue
-        if at + size < len(text) and is_token_char(text[at + size]):
+        after = text[at + size : at + size + 2]
+        full_stop = after[:1] == "." and (len(after) == 1 or not is_token_char(after[1]))
+        if after and is_token_char(after[0]) and not full_stop:
             continue
         for i in range(size):
             a, b = text[at + i], token.text[i]

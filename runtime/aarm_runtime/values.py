@@ -1049,8 +1049,18 @@ def canonical_token(value: Any) -> str | None:
 def is_token_char(char: str) -> bool:
     """Whether ``char`` may not touch a token: a letter or digit in the Unicode
     sense of ``str.isalnum`` (``é`` and ``٣`` too, so ``bob@x.example`` does not
-    match inside ``bob@x.exampleé``), ``@``, ``.``, ``_`` or ``-``."""
+    match inside ``bob@x.exampleé``), ``@``, ``.``, ``_`` or ``-``. The one
+    exception is a sentence's full stop after a token: see :func:`occurs_as_token`."""
     return char.isalnum() or char in "@._-"
+
+
+def _ends_token(text: str, end: int) -> bool:
+    # A `.` right after the match is a full stop, not part of a longer name,
+    # when no token character follows it: "mail bob@x.example." names
+    # bob@x.example, "bob@x.example.evil.com" does not.
+    if end == len(text) or not is_token_char(text[end]):
+        return True
+    return text[end] == "." and (end + 1 == len(text) or not is_token_char(text[end + 1]))
 
 
 # `\w` of `re` in str mode is exactly `str.isalnum() or "_"`; the tests check it.
@@ -1086,7 +1096,7 @@ def _find(token: Token, text: str, lowered: str | None) -> bool:
     while at >= 0:
         if (
             (at == 0 or not is_token_char(text[at - 1]))
-            and (at + size == len(text) or not is_token_char(text[at + size]))
+            and _ends_token(text, at + size)
             and all(text[at + lo : at + hi] == token.text[lo:hi] for lo, hi in exact)
         ):
             return True
@@ -1096,13 +1106,20 @@ def _find(token: Token, text: str, lowered: str | None) -> bool:
 
 def occurs_as_token(token: str | Token, text: str) -> bool:
     """Whether ``token`` appears in ``text`` with no token character (see
-    :func:`is_token_char`) directly before or after it. A plain ``str`` token
-    is case-sensitive; tokens shorter than 3 characters never match.
+    :func:`is_token_char`) directly before it, and directly after it the end
+    of the text, a character that is no token character, or a single ``.``
+    followed by the end of the text or a character that is no token
+    character (a full stop). A plain ``str`` token is case-sensitive; tokens
+    shorter than 3 characters never match.
 
     >>> occurs_as_token("bob@corp.example", "to bob@corp.example.evil.net")
     False
     >>> occurs_as_token("bob@corp.example", "to: bob@corp.example, now")
     True
+    >>> occurs_as_token("bob@corp.example", "send the notes to bob@corp.example.")
+    True
+    >>> occurs_as_token("bob@corp.example", "see .bob@corp.example or bob@corp.example..")
+    False
     """
     token = _as_token(token)
     return len(token.text) >= 3 and _find(token, text, None)
@@ -1130,8 +1147,9 @@ class TokenIndex:
     ``add`` costs O(len(text)). ``contains`` costs O(len(token)) on average for
     a token made only of token characters (emails, hosts, numbers, names):
     such a token occurs exactly when it equals a maximal run of token
-    characters, which a set answers. Any other token (URLs, strings with
-    spaces) is one C-speed scan over all texts, O(total length).
+    characters, or such a run but for its final ``.`` (a full stop), which a
+    set answers. Any other token (URLs, strings with spaces) is one C-speed
+    scan over all texts, O(total length).
 
     >>> index = TokenIndex(["Mail Bob@Corp.example now", '{"url":"https://x.example/a"}'])
     >>> index.contains(provenance_token(Email("bob", "corp.example"))), index.contains("bob")
@@ -1154,9 +1172,14 @@ class TokenIndex:
     def add(self, text: str) -> None:
         self._texts.append(text)
         for run in _TOKEN_RUN.findall(text):
-            self._runs.add(run)
-            self._lower_runs.add(_ascii_lower(run))
+            self._add_run(run)
+            if run.endswith("."):
+                self._add_run(run[:-1])
         self._joined = self._lower_joined = None
+
+    def _add_run(self, run: str) -> None:
+        self._runs.add(run)
+        self._lower_runs.add(_ascii_lower(run))
 
     def __len__(self) -> int:
         return len(self._texts)
