@@ -322,24 +322,36 @@ def _load_or_exit(policy: str, fmt: str):
 @click.option("--explain", is_flag=True, help="Also show each rule of the tool: true, false or unknown.")
 @click.option("--format", "fmt", type=click.Choice(["human", "json"]), default="human", show_default=True,
               help="json prints exactly the decision record.")
+@click.option("--key", "key_paths", multiple=True, metavar="PUBLIC_KEY_FILE",
+              help="For a compiled artifact: a trusted public key (may repeat).")
+@click.option("--unsafe-unsigned", is_flag=True, help="For a compiled artifact: load it without a signature check.")
 @_guarded
-def eval_(policy: str, action_path: str, session_path: str | None, explain: bool, fmt: str) -> None:
-    """Decide one action with the reference interpreter and print the decision record.
+def eval_(policy: str, action_path: str, session_path: str | None, explain: bool, fmt: str,
+          key_paths: tuple[str, ...], unsafe_unsigned: bool) -> None:
+    """Decide one action and print the decision record.
 
-    POLICY is a policy file or directory. Any decision exits 0: a DENY is an
-    answer, not a failure.
+    POLICY is a policy file or directory (decided by the reference
+    interpreter), or a compiled artifact `*.aarmc` (decided by the runtime
+    engine after its signature is verified with --key). Any decision exits 0:
+    a DENY is an answer, not a failure.
     """
     from aarmc import reference
     from aarmc import report as rep
 
-    loaded = _load_or_exit(policy, fmt)
+    artifact = Path(policy).is_file() and Path(policy).suffix == ".aarmc"
+    loaded = None if artifact else _load_or_exit(policy, fmt)
     action = _read_json(action_path, "action file")
     session = _read_json(session_path, "session file") if session_path else None
     _check_shapes(action, action_path, session, session_path)
-    try:
-        decision = reference.decide(loaded.policy, action, session)
-    except reference.SessionFileError as err:
-        fail(f"action or session: {err}")
+    if artifact:
+        if explain:
+            fail("--explain needs the policy source", help="run `aarmc eval` on the policy directory")
+        decision = _decide_artifact(policy, key_paths, unsafe_unsigned, action, session)
+    else:
+        try:
+            decision = reference.decide(loaded.policy, action, session)
+        except reference.SessionFileError as err:
+            fail(f"action or session: {err}")
     record = decision.to_json()
     if fmt == "json":
         click.echo(rep.dumps(record))
@@ -361,6 +373,30 @@ def eval_(policy: str, action_path: str, session_path: str | None, explain: bool
         lines.extend(_explain(loaded.policy, action, session, decision))
     echo_human("\n".join(lines) + "\n")
     sys.exit(EXIT_OK)
+
+
+def _decide_artifact(path: str, key_paths: Sequence[str], unsafe_unsigned: bool, action: Any, session: Any):
+    """Decide with the runtime engine on a compiled artifact (verified unless explicitly unsafe)."""
+    from aarm_runtime import keys
+    from aarm_runtime.artifact import ArtifactError
+    from aarm_runtime.engine import Engine
+
+    if not key_paths and not unsafe_unsigned:
+        fail("a compiled artifact needs a trusted key", help="pass --key PUBLIC_KEY_FILE (or --unsafe-unsigned)")
+    trusted = []
+    for key_path in key_paths:
+        try:
+            trusted.append(keys.load_verify_key(Path(key_path)))
+        except (keys.KeyFileError, keys.InvalidKeyError, OSError) as err:
+            fail(f"public key `{key_path}`: {err}")
+    try:
+        engine = Engine.load(Path(path), trusted_keys=trusted, unsafe_unsigned=unsafe_unsigned)
+    except (ArtifactError, OSError) as err:
+        fail(f"`{path}` was not loaded: {err}")
+    try:
+        return engine.decide(action, session)
+    except ValueError as err:  # the engine's action/session format errors
+        fail(f"action or session: {err}")
 
 
 def _check_shapes(action: Any, action_path: str, session: Any, session_path: str | None) -> None:
@@ -473,6 +509,16 @@ def _check_generated(declarations: str) -> None:
         first = result.diagnostics[0] if result.diagnostics else None
         raise AssertionError("generated declarations do not load"
                              + (f": {first.headline()}" if first else ""))
+
+
+def _register() -> None:
+    from aarmc.cli_compile import compile_, inspect, keygen
+
+    for command in (keygen, compile_, inspect):
+        cli.add_command(command)
+
+
+_register()
 
 
 def main() -> None:
