@@ -513,8 +513,9 @@ def _check_generated(declarations: str) -> None:
 
 def _register() -> None:
     from aarmc.cli_compile import compile_, inspect, keygen
+    from aarmc.cli_receipts import timeline, verify
 
-    for command in (keygen, compile_, inspect):
+    for command in (keygen, compile_, inspect, verify, timeline):
         cli.add_command(command)
 
 

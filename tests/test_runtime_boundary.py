@@ -108,3 +108,18 @@ def test_the_runtime_package_declares_only_its_own_dependencies():
     names = {line.strip().strip('",').split(">")[0].split("<")[0].split("=")[0]
              for line in deps.splitlines() if line.strip().startswith('"')}
     assert names == {"cbor2", "pynacl"}
+
+
+def test_no_runtime_module_evaluates_code():
+    """Beyond the artifact path: no module of aarm_runtime calls eval, exec or compile."""
+    import ast
+    import aarm_runtime
+
+    runtime = Path(aarm_runtime.__file__).parent
+    modules = sorted(runtime.rglob("*.py"))
+    assert len(modules) > 10
+    for path in modules:
+        tree = ast.parse(path.read_text("utf-8"), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in ("eval", "exec", "compile"), (path.name, node.lineno)

@@ -1,0 +1,1396 @@
+"""Receipts (AARM R5): the signed record of every decision, approval, deferral resolution and outcome.
+
+A receipt is a tagged COSE_Sign1 (RFC 9052) signed with Ed25519 whose payload
+is a deterministic-CBOR map with **integer keys in 0..23 only**, in every map
+and every nested map. That keeps cbor2's length-first "canonical" ordering and
+the RFC 8949 §4.2.1 bytewise ordering identical, and lets this module encode
+with cbor2's C encoder (maps are built in ascending key order) while
+`aarm_runtime.dcbor` stays the reference: tests check the two agree byte for
+byte. There are no floats anywhere: times are integer nanoseconds since the
+Unix epoch; raw params, where the policy allows them in a receipt, are RFC
+8785 canonical JSON text (`aarm_runtime.values.canonical_json`, decimals as
+exact text). A digest is ``[-16, sha256]`` (RFC 9054: -16 is SHA-256).
+
+COSE headers of a receipt (byte-for-byte what `cose.sign1` would write):
+protected ``{1: -19, 4: kid, 15: {1: iss, 2: sub, 6: iat}, 16:
+"application/aarm-receipt+cose"}``, unprotected ``{}``, payload attached.
+``sub`` is the session id, or the log id in lowercase hex for records that
+belong to no session; ``iat`` is ``time // 10**9``.
+
+Payload keys
+============
+
+====  ===========  ==============================================================
+key   name         value
+====  ===========  ==============================================================
+0     version      1 (`VERSION`)
+1     log id       16 random bytes fixed by the log-open record
+2     seq          leaf index of this record in the log's Merkle tree (0, 1, ...)
+3     prev         digest of the exact bytes of the previous record; 32 zero
+                   bytes for the log-open record
+4     kind         record kind (`Kind`, below)
+5     time         integer ns since the Unix epoch, stamped by the writer
+6     session      session id (text)
+7     action id    id of the proposed tool call (text); stays the same when a
+                   DEFER is re-evaluated
+8     decision id  id of this decision (text), unique in the log; a
+                   re-evaluation gets a new one
+9     action       ``{0: tool, 1: params digest[, 2: params JSON][, 3: wrapper]}``
+                   — 2 is the canonical JSON text of the params, present only
+                   where the policy allows raw params in receipts (its digest is
+                   1); 3 is the meta-tool that named the tool
+10    decision     ``{0: effect, 1: [rule id...], 2: reason, 3: message[, 4:
+                   modified params digest][, 5: modified params JSON][, 6:
+                   [approver...]][, 7: timeout seconds]}``; effect is one of
+                   ``allow deny modify step_up defer``
+11    policy       ``{0: artifact digest, 1: policy id, 2: policy version}``
+12    identity     ``{0: principal, 1: agent, 2: service, 3: role, 4: [scope...],
+                   5: [delegation...], 6: identity assertion digest}`` (every
+                   entry optional; delegation entries are text, structured ones
+                   as canonical JSON)
+13    context      digest of the session-context log head at decision time
+14    ref          the decision id an approval, deferral resolution or outcome
+                   refers to
+15    outcome      ``{0: ok, 2: start ns, 3: end ns[, 1: output digest][, 4:
+                   error text]}``
+16    approver     who approved or rejected a STEP_UP (or resolved a DEFER)
+17    resolution   ``{0: verdict[, 1: next decision id]}``
+18    rotation     ``{0: new Ed25519 public key, 1: proof of possession}``
+19    recovery     ``{0: offset, 1: length, 2: digest}`` of the bytes removed
+                   from a torn tail (length 0: a restart after an unclean stop)
+20    close        ``{0: number of checkpoints before this record}``
+21    note         free text (writer name on log-open, end reason, ...)
+====  ===========  ==============================================================
+
+Keys 0-5 are in every record. Per kind (``+`` required, ``o`` optional):
+
+===  ====================  =================================================
+no.  kind                  fields
+===  ====================  =================================================
+0    log-open              o note
+1    session-start         + session; o identity, context, policy, note
+2    decision              + session, decision id, action, decision;
+                           o action id, policy, identity, context, note
+3    approval              + session, ref, approver, resolution (verdict
+                           ``approved`` ``rejected`` ``timeout`` ``cancelled``);
+                           o action id, action, context, note
+4    deferral-resolution   + session, ref, resolution (verdict ``resolved``
+                           ``timeout`` ``denied`` ``cancelled``; ``next`` names
+                           the decision id of the re-evaluation);
+                           o action id, approver, context, note
+5    outcome               + session, ref, outcome; o action id, context, note
+6    session-end           + session; o context, note
+7    key-rotation          + rotation; o note
+8    recovery              + recovery; o note
+9    log-close             + close; o note
+===  ====================  =================================================
+
+State machine (checked by the writer before it signs, and by the verifier):
+log-open is record 0 and only record 0; session-start comes once per session
+per log, before its decisions; no decision after its session's session-end;
+each decision id has exactly one decision record; approval refers to an
+earlier STEP_UP decision, deferral-resolution to an earlier DEFER decision,
+outcome to an earlier decision that could execute (ALLOW, MODIFY, or a STEP_UP
+whose approval says ``approved``), each at most once per decision and in the
+decision's session (and with its action id, when one is given); log-close is
+the last record. A decision id is never reused, so re-evaluating a DEFER is a
+new decision record. A decision and its follow-ups live in one log: close a
+log only once no decision in it awaits an approval, resolution or outcome.
+
+Key rotation: the record is signed by the current key and carries the new
+public key and a proof of possession, the new key's Ed25519 signature over
+`rotation_pop_message` (log id, seq of the rotation record, the old kid, the
+new public key). From the next seq on, records and checkpoints are signed by
+the new key only.
+
+>>> r = Record(kind=Kind.SESSION_START, session="s1", identity=Identity(principal="alice"))
+>>> receipt = Receipt(log_id=bytes(16), seq=1, prev=bytes(32), time_ns=5, record=r)
+>>> data = encode_payload(receipt)
+>>> data == dcbor.encode(dcbor.decode_strict(data)) and decode_payload(data) == receipt
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import io
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import cbor2
+
+from aarm_runtime import cose, dcbor, keys, merkle, values
+from aarm_runtime.decision import ALLOW, DECISIONS, DEFER, MODIFY, STEP_UP, Decision
+
+__all__ = [
+    "APPROVAL_VERDICTS",
+    "Action",
+    "CheckpointItem",
+    "Close",
+    "DecisionInfo",
+    "HASH_SHA256",
+    "Identity",
+    "Kind",
+    "LOG_ID_SIZE",
+    "Outcome",
+    "PolicyRef",
+    "Receipt",
+    "ReceiptFormatError",
+    "Record",
+    "RecordItem",
+    "Recovery",
+    "RESOLUTION_VERDICTS",
+    "Resolution",
+    "Rotation",
+    "StateError",
+    "StateMachine",
+    "Tail",
+    "VERSION",
+    "ZERO_DIGEST",
+    "approval_record",
+    "checkpoint_headers",
+    "decision_record",
+    "decode_payload",
+    "digest_bytes",
+    "digest_json",
+    "encode_payload",
+    "facts",
+    "outcome_record",
+    "parse_item",
+    "protected_receipt_header",
+    "resolution_record",
+    "rotation_pop_message",
+    "session_end_record",
+    "session_start_record",
+    "sig_structure",
+    "sign_receipt",
+    "split_items",
+]
+
+VERSION = 1
+LOG_ID_SIZE = 16
+HASH_SHA256 = -16  # RFC 9054 / IANA COSE Algorithms: SHA-256
+ZERO_DIGEST = bytes(32)
+
+# draft-ietf-cose-merkle-tree-proofs: vds value for RFC 9162 with SHA-256, and
+# the vdp map label of the inclusion proofs.
+VDS_RFC9162_SHA256 = 1
+VDP_INCLUSION = -1
+
+_INT_MAX = 2**64 - 1
+
+
+class Kind(enum.IntEnum):
+    LOG_OPEN = 0
+    SESSION_START = 1
+    DECISION = 2
+    APPROVAL = 3
+    DEFERRAL_RESOLUTION = 4
+    OUTCOME = 5
+    SESSION_END = 6
+    KEY_ROTATION = 7
+    RECOVERY = 8
+    LOG_CLOSE = 9
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+# Payload keys (see the table in the module docstring).
+K_VERSION = 0
+K_LOG_ID = 1
+K_SEQ = 2
+K_PREV = 3
+K_KIND = 4
+K_TIME = 5
+K_SESSION = 6
+K_ACTION_ID = 7
+K_DECISION_ID = 8
+K_ACTION = 9
+K_DECISION = 10
+K_POLICY = 11
+K_IDENTITY = 12
+K_CONTEXT = 13
+K_REF = 14
+K_OUTCOME = 15
+K_APPROVER = 16
+K_RESOLUTION = 17
+K_ROTATION = 18
+K_RECOVERY = 19
+K_CLOSE = 20
+K_NOTE = 21
+
+APPROVAL_VERDICTS = ("approved", "rejected", "timeout", "cancelled")
+RESOLUTION_VERDICTS = ("resolved", "timeout", "denied", "cancelled")
+
+_FIELD_NAMES = {
+    K_SESSION: "session", K_ACTION_ID: "action_id", K_DECISION_ID: "decision_id", K_ACTION: "action",
+    K_DECISION: "decision", K_POLICY: "policy", K_IDENTITY: "identity", K_CONTEXT: "context", K_REF: "ref",
+    K_OUTCOME: "outcome", K_APPROVER: "approver", K_RESOLUTION: "resolution", K_ROTATION: "rotation",
+    K_RECOVERY: "recovery", K_CLOSE: "close", K_NOTE: "note",
+}
+_KEY_OF = {name: key for key, name in _FIELD_NAMES.items()}
+
+# kind -> (required, optional) semantic fields
+_SHAPES: dict[Kind, tuple[frozenset[int], frozenset[int]]] = {
+    Kind.LOG_OPEN: (frozenset(), frozenset({K_NOTE})),
+    Kind.SESSION_START: (frozenset({K_SESSION}), frozenset({K_IDENTITY, K_CONTEXT, K_POLICY, K_NOTE})),
+    Kind.DECISION: (
+        frozenset({K_SESSION, K_DECISION_ID, K_ACTION, K_DECISION}),
+        frozenset({K_ACTION_ID, K_POLICY, K_IDENTITY, K_CONTEXT, K_NOTE}),
+    ),
+    Kind.APPROVAL: (
+        frozenset({K_SESSION, K_REF, K_APPROVER, K_RESOLUTION}),
+        frozenset({K_ACTION_ID, K_ACTION, K_CONTEXT, K_NOTE}),
+    ),
+    Kind.DEFERRAL_RESOLUTION: (
+        frozenset({K_SESSION, K_REF, K_RESOLUTION}),
+        frozenset({K_ACTION_ID, K_APPROVER, K_CONTEXT, K_NOTE}),
+    ),
+    Kind.OUTCOME: (frozenset({K_SESSION, K_REF, K_OUTCOME}), frozenset({K_ACTION_ID, K_CONTEXT, K_NOTE})),
+    Kind.SESSION_END: (frozenset({K_SESSION}), frozenset({K_CONTEXT, K_NOTE})),
+    Kind.KEY_ROTATION: (frozenset({K_ROTATION}), frozenset({K_NOTE})),
+    Kind.RECOVERY: (frozenset({K_RECOVERY}), frozenset({K_NOTE})),
+    Kind.LOG_CLOSE: (frozenset({K_CLOSE}), frozenset({K_NOTE})),
+}
+
+
+class ReceiptFormatError(ValueError):
+    """Bytes are not a well-formed, strictly encoded receipt or checkpoint, or a record breaks the schema."""
+
+
+class StateError(ValueError):
+    """A record is out of order for the documented state machine."""
+
+
+# ----------------------------------------------------------------------------- digests
+
+
+def digest_bytes(data: bytes) -> bytes:
+    """SHA-256 of *data*; receipts carry it as ``[-16, digest]``."""
+    return hashlib.sha256(data).digest()
+
+
+def digest_json(value: Any) -> bytes:
+    """SHA-256 of the RFC 8785 canonical JSON text of *value* (UTF-8)."""
+    return hashlib.sha256(values.canonical_json(value).encode("utf-8")).digest()
+
+
+# ----------------------------------------------------------------------------- record fields
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be text, got `{type(value).__name__}`")
+    return value
+
+
+def _opt_text(value: Any, what: str) -> str | None:
+    return None if value is None else _text(value, what)
+
+
+def _hash(value: Any, what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise TypeError(f"{what} must be a 32-byte sha-256 digest")
+    return value
+
+
+def _opt_hash(value: Any, what: str) -> bytes | None:
+    return None if value is None else _hash(value, what)
+
+
+def _texts(value: Iterable[Any], what: str) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{what} must be a sequence of text, not a single `{type(value).__name__}`")
+    return tuple(_text(v, f"{what} entry") for v in value)
+
+
+def _uint(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _INT_MAX:
+        raise TypeError(f"{what} must be an unsigned 64-bit integer")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Action:
+    """The proposed tool call: tool, digest of its params, and the params themselves where allowed."""
+
+    tool: str
+    params_digest: bytes
+    params_json: str | None = None
+    wrapper: str | None = None
+
+    def __post_init__(self) -> None:
+        _text(self.tool, "action tool")
+        _hash(self.params_digest, "action params digest")
+        _opt_text(self.params_json, "action params json")
+        _opt_text(self.wrapper, "action wrapper")
+
+    @classmethod
+    def of(cls, tool: str, params: Any, *, include_params: bool = False, wrapper: str | None = None) -> Action:
+        """Digest *params* (canonical JSON); keep the text only when *include_params* (the policy allows it)."""
+        text = values.canonical_json(params)
+        return cls(tool=tool, params_digest=digest_bytes(text.encode("utf-8")),
+                   params_json=text if include_params else None, wrapper=wrapper)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecisionInfo:
+    """What was decided and why; for MODIFY the params the tool runs with (digest, text where allowed)."""
+
+    effect: str
+    rules: tuple[str, ...] = ()
+    reason: str = ""
+    message: str = ""
+    params_digest: bytes | None = None
+    params_json: str | None = None
+    approvers: tuple[str, ...] = ()
+    timeout_s: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.effect not in DECISIONS:
+            raise ValueError(f"decision effect `{self.effect}` is not one of {', '.join(DECISIONS)}")
+        object.__setattr__(self, "rules", _texts(self.rules, "decision rules"))
+        object.__setattr__(self, "approvers", _texts(self.approvers, "decision approvers"))
+        _text(self.reason, "decision reason")
+        _text(self.message, "decision message")
+        _opt_hash(self.params_digest, "modified params digest")
+        _opt_text(self.params_json, "modified params json")
+        if self.params_json is not None and self.params_digest is None:
+            raise ValueError("modified params json given without its digest")
+        if self.timeout_s is not None:
+            _uint(self.timeout_s, "decision timeout")
+
+    @classmethod
+    def from_decision(cls, d: Decision, *, include_params: bool = False) -> DecisionInfo:
+        digest = text = None
+        if d.decision == MODIFY:
+            text = values.canonical_json(d.params)
+            digest = digest_bytes(text.encode("utf-8"))
+            if not include_params:
+                text = None
+        return cls(effect=d.decision, rules=tuple(d.rules), reason=d.reason, message=d.message,
+                   params_digest=digest, params_json=text, approvers=tuple(d.approvers), timeout_s=d.timeout_s)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PolicyRef:
+    """The policy that decided: digest of the artifact bytes, policy id and version."""
+
+    digest: bytes
+    policy: str
+    version: str
+
+    def __post_init__(self) -> None:
+        _hash(self.digest, "policy digest")
+        _text(self.policy, "policy id")
+        _text(self.version, "policy version")
+
+    @classmethod
+    def from_artifact(cls, artifact: Any) -> PolicyRef:
+        """From a loaded `aarm_runtime.artifact.Artifact` (anything with ``digest``, ``policy``, ``version``)."""
+        return cls(digest=artifact.digest, policy=artifact.policy, version=artifact.version)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identity:
+    """Who asked: principal, agent, service, role, scopes, delegation chain, and the assertion that said so."""
+
+    principal: str | None = None
+    agent: str | None = None
+    service: str | None = None
+    role: str | None = None
+    scopes: tuple[str, ...] = ()
+    delegation: tuple[str, ...] = ()
+    assertion_digest: bytes | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("principal", "agent", "service", "role"):
+            _opt_text(getattr(self, name), f"identity {name}")
+        object.__setattr__(self, "scopes", _texts(self.scopes, "identity scopes"))
+        object.__setattr__(self, "delegation", _texts(self.delegation, "identity delegation"))
+        _opt_hash(self.assertion_digest, "identity assertion digest")
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any], *, assertion_digest: bytes | None = None) -> Identity:
+        """From a session file's ``identity`` section; structured delegation entries become canonical JSON."""
+        chain = tuple(e if isinstance(e, str) else values.canonical_json(e) for e in m.get("delegation", ()))
+        return cls(principal=m.get("principal"), agent=m.get("agent"), service=m.get("service"),
+                   role=m.get("role"), scopes=tuple(m.get("scopes", ())), delegation=chain,
+                   assertion_digest=assertion_digest)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened when the tool ran."""
+
+    ok: bool
+    start_ns: int
+    end_ns: int
+    output_digest: bytes | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ok, bool):
+            raise TypeError("outcome ok must be a bool")
+        _uint(self.start_ns, "outcome start")
+        _uint(self.end_ns, "outcome end")
+        if self.end_ns < self.start_ns:
+            raise ValueError(f"outcome ends ({self.end_ns}) before it starts ({self.start_ns})")
+        _opt_hash(self.output_digest, "output digest")
+        _opt_text(self.error, "outcome error")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resolution:
+    """How a STEP_UP (approval) or DEFER (deferral resolution) ended; `next_decision` is the re-evaluation."""
+
+    verdict: str
+    next_decision: str | None = None
+
+    def __post_init__(self) -> None:
+        _text(self.verdict, "resolution verdict")
+        _opt_text(self.next_decision, "next decision id")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rotation:
+    public_key: bytes
+    proof: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.public_key, bytes) or len(self.public_key) != keys.PUBLIC_KEY_SIZE:
+            raise TypeError(f"rotation public key must be {keys.PUBLIC_KEY_SIZE} bytes")
+        if not isinstance(self.proof, bytes) or len(self.proof) != keys.SIGNATURE_SIZE:
+            raise TypeError(f"rotation proof of possession must be a {keys.SIGNATURE_SIZE}-byte signature")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recovery:
+    offset: int
+    length: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        _uint(self.offset, "recovery offset")
+        _uint(self.length, "recovery length")
+        _hash(self.digest, "recovery digest")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Close:
+    checkpoints: int
+
+    def __post_init__(self) -> None:
+        _uint(self.checkpoints, "close checkpoints")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    """The meaning of a receipt; the log writer adds version, log id, seq, prev and time."""
+
+    kind: Kind
+    session: str | None = None
+    action_id: str | None = None
+    decision_id: str | None = None
+    action: Action | None = None
+    decision: DecisionInfo | None = None
+    policy: PolicyRef | None = None
+    identity: Identity | None = None
+    context: bytes | None = None
+    ref: str | None = None
+    outcome: Outcome | None = None
+    approver: str | None = None
+    resolution: Resolution | None = None
+    rotation: Rotation | None = None
+    recovery: Recovery | None = None
+    close: Close | None = None
+    note: str | None = None
+
+    def __post_init__(self) -> None:
+        kind = self.kind
+        if type(kind) is not Kind:
+            kind = Kind(kind)
+            object.__setattr__(self, "kind", kind)
+        present = set()
+        for key, name, want in _FIELD_TYPES:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            present.add(key)
+            if type(value) is not want:
+                raise TypeError(f"{name.replace('_', ' ')} must be `{want.__name__}`, got `{type(value).__name__}`")
+        if self.context is not None and len(self.context) != 32:
+            raise TypeError("context digest must be a 32-byte sha-256 digest")
+        required, optional = _SHAPES[kind]
+        if not required <= present:
+            raise ValueError(f"{kind.label} record needs {_names(required - present)}")
+        if not present <= required | optional:
+            raise ValueError(f"{kind.label} record cannot carry {_names(present - required - optional)}")
+        if self.resolution is not None:
+            problem = _resolution_problem(kind, self.resolution)
+            if problem:
+                raise ValueError(problem)
+        for a in (self.action, self.decision):
+            if a is not None and a.params_json is not None:
+                if digest_bytes(a.params_json.encode("utf-8")) != a.params_digest:
+                    raise ValueError("params json does not match its digest")
+
+
+def _resolution_problem(kind: Kind, resolution: Resolution) -> str | None:
+    allowed = APPROVAL_VERDICTS if kind == Kind.APPROVAL else RESOLUTION_VERDICTS
+    if resolution.verdict not in allowed:
+        return f"{kind.label} verdict `{resolution.verdict}` is not one of {', '.join(allowed)}"
+    if kind == Kind.APPROVAL and resolution.next_decision is not None:
+        return "an approval names no next decision; only a deferral resolution does"
+    return None
+
+
+def _names(field_keys: Iterable[int]) -> str:
+    return ", ".join(f"`{_FIELD_NAMES[k]}`" for k in sorted(field_keys))
+
+
+def _factory(cls: type) -> Any:
+    """A constructor that skips ``__post_init__``: verification parses every record of a log, and the
+    strict parser has already checked each field, so re-validating would double the parse cost.
+    (A closure, not generated code: the runtime never execs anything.)"""
+    slots = tuple((f.name, getattr(cls, f.name).__set__, f.default) for f in dataclasses.fields(cls))
+    missing = dataclasses.MISSING
+
+    def make(**values: Any) -> Any:
+        o = object.__new__(cls)
+        for name, store, default in slots:
+            value = values.pop(name, default)
+            if value is missing:
+                raise TypeError(f"{cls.__name__}: missing field `{name}`")
+            store(o, value)
+        if values:
+            raise TypeError(f"{cls.__name__}: unknown fields {sorted(values)}")
+        return o
+
+    return make
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Receipt:
+    """A record placed in a log: the chain header around a `Record`."""
+
+    log_id: bytes
+    seq: int
+    prev: bytes
+    time_ns: int
+    record: Record
+    version: int = VERSION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.log_id, bytes) or len(self.log_id) != LOG_ID_SIZE:
+            raise TypeError(f"log id must be {LOG_ID_SIZE} bytes")
+        _uint(self.seq, "seq")
+        _hash(self.prev, "prev")
+        _uint(self.time_ns, "time")
+        if self.version != VERSION:
+            raise ValueError(f"receipt version {self.version!r} is not {VERSION}")
+        if not isinstance(self.record, Record):
+            raise TypeError("record must be a `Record`")
+
+    @property
+    def kind(self) -> Kind:
+        return self.record.kind
+
+    @property
+    def subject(self) -> str:
+        """The CWT ``sub`` claim: the session id, or the log id in hex."""
+        return self.record.session if self.record.session is not None else self.log_id.hex()
+
+
+_FIELD_TYPES = (
+    (K_SESSION, "session", str), (K_ACTION_ID, "action_id", str), (K_DECISION_ID, "decision_id", str),
+    (K_ACTION, "action", Action), (K_DECISION, "decision", DecisionInfo), (K_POLICY, "policy", PolicyRef),
+    (K_IDENTITY, "identity", Identity), (K_CONTEXT, "context", bytes), (K_REF, "ref", str),
+    (K_OUTCOME, "outcome", Outcome), (K_APPROVER, "approver", str), (K_RESOLUTION, "resolution", Resolution),
+    (K_ROTATION, "rotation", Rotation), (K_RECOVERY, "recovery", Recovery), (K_CLOSE, "close", Close),
+    (K_NOTE, "note", str),
+)
+
+# Constructors without __post_init__ for the strict parser, which has checked every field already.
+_new_action = _factory(Action)
+_new_decisioninfo = _factory(DecisionInfo)
+_new_policyref = _factory(PolicyRef)
+_new_identity = _factory(Identity)
+_new_outcome = _factory(Outcome)
+_new_resolution = _factory(Resolution)
+_new_rotation = _factory(Rotation)
+_new_recovery = _factory(Recovery)
+_new_close = _factory(Close)
+_new_record = _factory(Record)
+_new_receipt = _factory(Receipt)
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def session_start_record(session: str, *, identity: Identity | None = None, context: bytes | None = None,
+                         policy: PolicyRef | None = None, note: str | None = None) -> Record:
+    return Record(kind=Kind.SESSION_START, session=session, identity=identity, context=context, policy=policy,
+                  note=note)
+
+
+def session_end_record(session: str, *, context: bytes | None = None, note: str | None = None) -> Record:
+    return Record(kind=Kind.SESSION_END, session=session, context=context, note=note)
+
+
+def decision_record(*, session: str, decision_id: str, tool: str, params: Any, decision: Decision | DecisionInfo,
+                    action_id: str | None = None, policy: PolicyRef | None = None,
+                    identity: Identity | None = None, context: bytes | None = None,
+                    include_params: bool = False, wrapper: str | None = None, note: str | None = None) -> Record:
+    """A decision record: *params* as proposed (digested; kept as canonical JSON only with *include_params*)."""
+    info = decision if isinstance(decision, DecisionInfo) else DecisionInfo.from_decision(
+        decision, include_params=include_params)
+    if wrapper is None and isinstance(decision, Decision):
+        wrapper = decision.wrapper
+    return Record(kind=Kind.DECISION, session=session, action_id=action_id, decision_id=decision_id,
+                  action=Action.of(tool, params, include_params=include_params, wrapper=wrapper), decision=info,
+                  policy=policy, identity=identity, context=context, note=note)
+
+
+def approval_record(*, session: str, ref: str, approver: str, verdict: str, action_id: str | None = None,
+                    action: Action | None = None, context: bytes | None = None, note: str | None = None) -> Record:
+    return Record(kind=Kind.APPROVAL, session=session, ref=ref, approver=approver,
+                  resolution=Resolution(verdict=verdict), action_id=action_id, action=action, context=context,
+                  note=note)
+
+
+def resolution_record(*, session: str, ref: str, verdict: str, next_decision: str | None = None,
+                      approver: str | None = None, action_id: str | None = None, context: bytes | None = None,
+                      note: str | None = None) -> Record:
+    return Record(kind=Kind.DEFERRAL_RESOLUTION, session=session, ref=ref,
+                  resolution=Resolution(verdict=verdict, next_decision=next_decision), approver=approver,
+                  action_id=action_id, context=context, note=note)
+
+
+def outcome_record(*, session: str, ref: str, ok: bool, start_ns: int, end_ns: int, output: Any = None,
+                   output_digest: bytes | None = None, error: str | None = None, action_id: str | None = None,
+                   context: bytes | None = None, note: str | None = None) -> Record:
+    """An outcome record; pass the tool *output* (digested as canonical JSON) or its *output_digest*."""
+    if output is not None:
+        if output_digest is not None:
+            raise ValueError("give the output or its digest, not both")
+        output_digest = digest_bytes(output) if isinstance(output, bytes) else digest_json(output)
+    return Record(kind=Kind.OUTCOME, session=session, ref=ref,
+                  outcome=Outcome(ok=ok, start_ns=start_ns, end_ns=end_ns, output_digest=output_digest, error=error),
+                  action_id=action_id, context=context, note=note)
+
+
+def rotation_pop_message(log_id: bytes, seq: int, old_kid: bytes, new_public_key: bytes) -> bytes:
+    """What the new key signs to prove possession: binds it to this log, this record and the key it replaces."""
+    return dcbor.encode(["aarm-key-rotation", log_id, seq, old_kid, new_public_key])
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def _payload_map(r: Receipt) -> dict[int, Any]:
+    # Keys are inserted in ascending order: with one-byte keys that is the
+    # RFC 8949 §4.2.1 order, so cbor2's plain encoder writes deterministic CBOR.
+    rec = r.record
+    m: dict[int, Any] = {
+        K_VERSION: r.version, K_LOG_ID: r.log_id, K_SEQ: r.seq, K_PREV: [HASH_SHA256, r.prev],
+        K_KIND: int(rec.kind), K_TIME: r.time_ns,
+    }
+    if rec.session is not None:
+        m[K_SESSION] = rec.session
+    if rec.action_id is not None:
+        m[K_ACTION_ID] = rec.action_id
+    if rec.decision_id is not None:
+        m[K_DECISION_ID] = rec.decision_id
+    a = rec.action
+    if a is not None:
+        am: dict[int, Any] = {0: a.tool, 1: [HASH_SHA256, a.params_digest]}
+        if a.params_json is not None:
+            am[2] = a.params_json
+        if a.wrapper is not None:
+            am[3] = a.wrapper
+        m[K_ACTION] = am
+    d = rec.decision
+    if d is not None:
+        dm: dict[int, Any] = {0: d.effect, 1: list(d.rules), 2: d.reason, 3: d.message}
+        if d.params_digest is not None:
+            dm[4] = [HASH_SHA256, d.params_digest]
+        if d.params_json is not None:
+            dm[5] = d.params_json
+        if d.approvers:
+            dm[6] = list(d.approvers)
+        if d.timeout_s is not None:
+            dm[7] = d.timeout_s
+        m[K_DECISION] = dm
+    p = rec.policy
+    if p is not None:
+        m[K_POLICY] = {0: [HASH_SHA256, p.digest], 1: p.policy, 2: p.version}
+    i = rec.identity
+    if i is not None:
+        im: dict[int, Any] = {}
+        if i.principal is not None:
+            im[0] = i.principal
+        if i.agent is not None:
+            im[1] = i.agent
+        if i.service is not None:
+            im[2] = i.service
+        if i.role is not None:
+            im[3] = i.role
+        if i.scopes:
+            im[4] = list(i.scopes)
+        if i.delegation:
+            im[5] = list(i.delegation)
+        if i.assertion_digest is not None:
+            im[6] = [HASH_SHA256, i.assertion_digest]
+        m[K_IDENTITY] = im
+    if rec.context is not None:
+        m[K_CONTEXT] = [HASH_SHA256, rec.context]
+    if rec.ref is not None:
+        m[K_REF] = rec.ref
+    o = rec.outcome
+    if o is not None:
+        om: dict[int, Any] = {0: o.ok}
+        if o.output_digest is not None:
+            om[1] = [HASH_SHA256, o.output_digest]
+        om[2] = o.start_ns
+        om[3] = o.end_ns
+        if o.error is not None:
+            om[4] = o.error
+        m[K_OUTCOME] = om
+    if rec.approver is not None:
+        m[K_APPROVER] = rec.approver
+    s = rec.resolution
+    if s is not None:
+        sm: dict[int, Any] = {0: s.verdict}
+        if s.next_decision is not None:
+            sm[1] = s.next_decision
+        m[K_RESOLUTION] = sm
+    if rec.rotation is not None:
+        m[K_ROTATION] = {0: rec.rotation.public_key, 1: rec.rotation.proof}
+    if rec.recovery is not None:
+        v = rec.recovery
+        m[K_RECOVERY] = {0: v.offset, 1: v.length, 2: [HASH_SHA256, v.digest]}
+    if rec.close is not None:
+        m[K_CLOSE] = {0: rec.close.checkpoints}
+    if rec.note is not None:
+        m[K_NOTE] = rec.note
+    return m
+
+
+def encode_payload(receipt: Receipt) -> bytes:
+    """Deterministic CBOR of the receipt payload (equal to ``dcbor.encode`` of the same map)."""
+    return cbor2.dumps(_payload_map(receipt))
+
+
+def _bstr_head(n: int) -> bytes:
+    if n < 24:
+        return bytes((0x40 | n,))
+    if n < 0x100:
+        return bytes((0x58, n))
+    if n < 0x10000:
+        return b"\x59" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\x5a" + n.to_bytes(4, "big")
+    return b"\x5b" + n.to_bytes(8, "big")
+
+
+_SIG1_PREFIX = b"\x84\x6aSignature1"  # ["Signature1", ...] header and context string
+_EMPTY_AAD = b"\x40"
+_SIGN1_HEAD = b"\xd2\x84"  # tag 18, array of 4
+_SIG_HEAD = b"\x58\x40"  # bstr of 64 bytes
+_EMPTY_MAP = b"\xa0"
+_NIL = b"\xf6"
+
+
+def protected_receipt_header(kid: bytes, issuer: str, subject: str, iat: int, alg: int = cose.ALG_ED25519) -> bytes:
+    """Deterministic CBOR of a receipt's protected header (labels 1, 4, 15, 16: ascending, one byte each)."""
+    return cbor2.dumps({cose.HDR_ALG: alg, cose.HDR_KID: kid, cose.HDR_CWT_CLAIMS: {1: issuer, 2: subject, 6: iat},
+                        cose.HDR_TYP: cose.TYP_RECEIPT})
+
+
+def sig_structure(protected: bytes, payload: bytes) -> bytes:
+    """``["Signature1", protected, h'', payload]`` (RFC 9052 §4.4), as `cose.sig_structure` builds it."""
+    return b"".join((_SIG1_PREFIX, _bstr_head(len(protected)), protected, _EMPTY_AAD, _bstr_head(len(payload)),
+                     payload))
+
+
+def sign_receipt(payload: bytes, key: keys.SigningKey, *, issuer: str, subject: str, iat: int,
+                 kid: bytes | None = None) -> bytes:
+    """Sign a receipt payload; the bytes equal ``cose.sign1(payload, key, typ=TYP_RECEIPT, cwt_claims=...)``.
+
+    Built by hand because the log writer signs every record and the generic
+    encoder costs more than the signature; the tests hold the two to byte
+    equality. *kid* may be passed to save recomputing the key's thumbprint.
+    """
+    protected = protected_receipt_header(kid or key.kid, issuer, subject, iat)
+    signature = key.sign(sig_structure(protected, payload))
+    return b"".join((_SIGN1_HEAD, _bstr_head(len(protected)), protected, _EMPTY_MAP, _bstr_head(len(payload)),
+                     payload, _SIG_HEAD, signature))
+
+
+def checkpoint_headers(kid: bytes, issuer: str, log_id: bytes, iat: int, tree_size: int,
+                       path: Iterable[bytes]) -> tuple[dict[int, Any], dict[int, Any], dict[int, Any]]:
+    """(cwt claims, extra protected, unprotected) of a checkpoint over leaves 0..tree_size-1.
+
+    COSE Receipts shape (draft-ietf-cose-merkle-tree-proofs): protected ``vds``
+    (395) = 1, RFC9162_SHA256; unprotected ``vdp`` (396) = ``{-1:
+    [bstr .cbor [tree_size, leaf_index, [hash...]]]}`` with the inclusion proof
+    of the last leaf; the signed payload is the detached root.
+    """
+    proof = dcbor.encode([tree_size, tree_size - 1, list(path)])
+    return ({1: issuer, 2: log_id.hex(), 6: iat}, {cose.HDR_VDS: VDS_RFC9162_SHA256},
+            {cose.HDR_VDP: {VDP_INCLUSION: [proof]}})
+
+
+# ----------------------------------------------------------------------------- strict decoding
+
+
+def _fail(message: str) -> ReceiptFormatError:
+    return ReceiptFormatError(message)
+
+
+def _loads_exact(data: bytes, what: str) -> Any:
+    """Decode with cbor2 and require that re-encoding gives back *data*.
+
+    The re-encoding check rejects duplicate keys, indefinite lengths,
+    non-shortest heads and semantic tags cbor2 would resolve; key order and
+    value types are checked by the schema walkers below (they accept only
+    int keys in ascending order and plain values). Together that is exactly
+    `dcbor.decode_strict` for this schema — the tests check the two agree —
+    at a fraction of its cost.
+    """
+    try:
+        value = cbor2.loads(data)
+    except Exception as exc:  # noqa: BLE001 - cbor2 raises assorted errors on hostile input
+        raise _fail(f"{what} is not well-formed cbor: {exc}") from None
+    try:
+        again = cbor2.dumps(value)
+    except Exception:  # noqa: BLE001
+        raise _fail(f"{what} decodes to values outside deterministic cbor") from None
+    if again != data:
+        raise _fail(f"{what} is not deterministic cbor (rfc 8949 §4.2.1)")
+    return value
+
+
+def _map(value: Any, allowed: frozenset[int] | range, what: str) -> dict[int, Any]:
+    if type(value) is not dict:
+        raise _fail(f"{what} must be a map")
+    last = -1 << 70
+    for k in value:
+        if type(k) is not int or k not in allowed:
+            raise _fail(f"{what} has unknown key `{k!r}`")
+        if k <= last:
+            raise _fail(f"{what} keys are not in ascending order")
+        last = k
+    return value
+
+
+def _p_text(value: Any, what: str) -> str:
+    if type(value) is not str:
+        raise _fail(f"{what} must be text")
+    return value
+
+
+def _p_uint(value: Any, what: str) -> int:
+    if type(value) is not int or not 0 <= value <= _INT_MAX:
+        raise _fail(f"{what} must be an unsigned integer")
+    return value
+
+
+def _p_bool(value: Any, what: str) -> bool:
+    if type(value) is not bool:
+        raise _fail(f"{what} must be a bool")
+    return value
+
+
+def _p_digest(value: Any, what: str) -> bytes:
+    if (type(value) is not list or len(value) != 2 or type(value[0]) is not int or value[0] != HASH_SHA256
+            or type(value[1]) is not bytes or len(value[1]) != 32):
+        raise _fail(f"{what} must be a digest [-16, sha256]")
+    return value[1]
+
+
+def _p_texts(value: Any, what: str) -> tuple[str, ...]:
+    if type(value) is not list:
+        raise _fail(f"{what} must be an array of text")
+    for v in value:
+        if type(v) is not str:
+            raise _fail(f"{what} must be an array of text")
+    return tuple(value)
+
+
+def _p_bytes(value: Any, size: int, what: str) -> bytes:
+    if type(value) is not bytes or len(value) != size:
+        raise _fail(f"{what} must be {size} bytes")
+    return value
+
+
+def _req(m: dict[int, Any], key: int, what: str) -> Any:
+    try:
+        return m[key]
+    except KeyError:
+        raise _fail(f"{what} is missing") from None
+
+
+_R4 = range(4)
+_R5 = range(5)
+_R2 = range(2)
+_R3 = range(3)
+_R7 = range(7)
+_R8 = range(8)
+_R1 = range(1)
+_TOP = range(K_NOTE + 1)
+
+
+def _p_action(v: Any) -> Action:
+    m = _map(v, _R4, "action")
+    text = m.get(2)
+    digest = _p_digest(_req(m, 1, "action params digest"), "action params digest")
+    if text is not None:
+        _p_json_text(text, digest, "action params json")
+    return _new_action(tool=_p_text(_req(m, 0, "action tool"), "action tool"), params_digest=digest,
+                  params_json=text, wrapper=None if 3 not in m else _p_text(m[3], "action wrapper"))
+
+
+def _p_json_text(text: Any, digest: bytes, what: str) -> None:
+    _p_text(text, what)
+    if digest_bytes(text.encode("utf-8")) != digest:
+        raise _fail(f"{what} does not match its digest")
+    try:
+        canonical = values.canonical_json(values.load_json(text))
+    except (ValueError, TypeError) as exc:
+        raise _fail(f"{what} is not json: {exc}") from None
+    if canonical != text:
+        raise _fail(f"{what} is not rfc 8785 canonical json")
+
+
+def _p_decision(v: Any) -> DecisionInfo:
+    m = _map(v, _R8, "decision")
+    effect = _p_text(_req(m, 0, "decision effect"), "decision effect")
+    if effect not in DECISIONS:
+        raise _fail(f"decision effect `{effect}` is unknown")
+    digest = None if 4 not in m else _p_digest(m[4], "modified params digest")
+    text = m.get(5)
+    if text is not None:
+        if digest is None:
+            raise _fail("modified params json without its digest")
+        _p_json_text(text, digest, "modified params json")
+    return _new_decisioninfo(
+        effect=effect, rules=_p_texts(_req(m, 1, "decision rules"), "decision rules"),
+        reason=_p_text(_req(m, 2, "decision reason"), "decision reason"),
+        message=_p_text(_req(m, 3, "decision message"), "decision message"),
+        params_digest=digest, params_json=text,
+        approvers=() if 6 not in m else _p_nonempty_texts(m[6], "decision approvers"),
+        timeout_s=None if 7 not in m else _p_uint(m[7], "decision timeout"),
+    )
+
+
+def _p_policy(v: Any) -> PolicyRef:
+    m = _map(v, _R3, "policy")
+    return _new_policyref(digest=_p_digest(_req(m, 0, "policy digest"), "policy digest"),
+                     policy=_p_text(_req(m, 1, "policy id"), "policy id"),
+                     version=_p_text(_req(m, 2, "policy version"), "policy version"))
+
+
+def _p_identity(v: Any) -> Identity:
+    m = _map(v, _R7, "identity")
+    return _new_identity(
+        principal=None if 0 not in m else _p_text(m[0], "identity principal"),
+        agent=None if 1 not in m else _p_text(m[1], "identity agent"),
+        service=None if 2 not in m else _p_text(m[2], "identity service"),
+        role=None if 3 not in m else _p_text(m[3], "identity role"),
+        scopes=() if 4 not in m else _p_nonempty_texts(m[4], "identity scopes"),
+        delegation=() if 5 not in m else _p_nonempty_texts(m[5], "identity delegation"),
+        assertion_digest=None if 6 not in m else _p_digest(m[6], "identity assertion digest"),
+    )
+
+
+def _p_nonempty_texts(v: Any, what: str) -> tuple[str, ...]:
+    # The encoder leaves empty tuples out, so an empty array is a second encoding.
+    out = _p_texts(v, what)
+    if not out:
+        raise _fail(f"{what} is empty; an empty list is encoded by leaving it out")
+    return out
+
+
+def _p_outcome(v: Any) -> Outcome:
+    m = _map(v, _R5, "outcome")
+    start = _p_uint(_req(m, 2, "outcome start"), "outcome start")
+    end = _p_uint(_req(m, 3, "outcome end"), "outcome end")
+    if end < start:
+        raise _fail("outcome ends before it starts")
+    return _new_outcome(ok=_p_bool(_req(m, 0, "outcome ok"), "outcome ok"), start_ns=start, end_ns=end,
+                   output_digest=None if 1 not in m else _p_digest(m[1], "output digest"),
+                   error=None if 4 not in m else _p_text(m[4], "outcome error"))
+
+
+def _p_resolution(v: Any) -> Resolution:
+    m = _map(v, _R2, "resolution")
+    return _new_resolution(verdict=_p_text(_req(m, 0, "resolution verdict"), "resolution verdict"),
+                      next_decision=None if 1 not in m else _p_text(m[1], "next decision id"))
+
+
+def decode_payload(data: bytes) -> Receipt:
+    """Parse a receipt payload strictly: deterministic CBOR, known keys only, the fields its kind allows."""
+    m = _map(_loads_exact(data, "receipt payload"), _TOP, "receipt payload")
+    version = _req(m, K_VERSION, "version")
+    if type(version) is not int or version != VERSION:
+        raise _fail(f"receipt version `{version!r}` is not {VERSION}")
+    kind_no = _p_uint(_req(m, K_KIND, "kind"), "kind")
+    try:
+        kind = Kind(kind_no)
+    except ValueError:
+        raise _fail(f"record kind {kind_no} is unknown") from None
+    required, optional = _SHAPES[kind]
+    present = m.keys() - {K_VERSION, K_LOG_ID, K_SEQ, K_PREV, K_KIND, K_TIME}
+    if not required <= present:
+        raise _fail(f"{kind.label} record needs {_names(required - present)}")
+    if not present <= required | optional:
+        raise _fail(f"{kind.label} record cannot carry {_names(present - required - optional)}")
+    g = m.get
+    fields: dict[str, Any] = {}
+    for key in (K_SESSION, K_ACTION_ID, K_DECISION_ID, K_REF, K_APPROVER, K_NOTE):
+        if key in m:
+            fields[_FIELD_NAMES[key]] = _p_text(m[key], _FIELD_NAMES[key].replace("_", " "))
+    if K_ACTION in m:
+        fields["action"] = _p_action(m[K_ACTION])
+    if K_DECISION in m:
+        fields["decision"] = _p_decision(m[K_DECISION])
+    if K_POLICY in m:
+        fields["policy"] = _p_policy(m[K_POLICY])
+    if K_IDENTITY in m:
+        fields["identity"] = _p_identity(m[K_IDENTITY])
+    if K_CONTEXT in m:
+        fields["context"] = _p_digest(m[K_CONTEXT], "context digest")
+    if K_OUTCOME in m:
+        fields["outcome"] = _p_outcome(m[K_OUTCOME])
+    if K_RESOLUTION in m:
+        fields["resolution"] = _p_resolution(m[K_RESOLUTION])
+    if K_ROTATION in m:
+        rm = _map(m[K_ROTATION], _R2, "rotation")
+        fields["rotation"] = _new_rotation(
+            public_key=_p_bytes(_req(rm, 0, "rotation public key"), keys.PUBLIC_KEY_SIZE, "rotation public key"),
+            proof=_p_bytes(_req(rm, 1, "rotation proof"), keys.SIGNATURE_SIZE, "rotation proof"))
+    if K_RECOVERY in m:
+        vm = _map(m[K_RECOVERY], _R3, "recovery")
+        fields["recovery"] = _new_recovery(offset=_p_uint(_req(vm, 0, "recovery offset"), "recovery offset"),
+                                      length=_p_uint(_req(vm, 1, "recovery length"), "recovery length"),
+                                      digest=_p_digest(_req(vm, 2, "recovery digest"), "recovery digest"))
+    if K_CLOSE in m:
+        cm = _map(m[K_CLOSE], _R1, "close")
+        fields["close"] = _new_close(checkpoints=_p_uint(_req(cm, 0, "close checkpoints"), "close checkpoints"))
+    if K_RESOLUTION in m:
+        problem = _resolution_problem(kind, fields["resolution"])
+        if problem:
+            raise _fail(problem)
+    return _new_receipt(
+        log_id=_p_bytes(_req(m, K_LOG_ID, "log id"), LOG_ID_SIZE, "log id"),
+        seq=_p_uint(_req(m, K_SEQ, "seq"), "seq"),
+        prev=_p_digest(g(K_PREV), "prev"),
+        time_ns=_p_uint(_req(m, K_TIME, "time"), "time"),
+        record=_new_record(kind=kind, **fields),
+        version=VERSION,
+    )
+
+
+# ----------------------------------------------------------------------------- items of a log
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordItem:
+    """A receipt as it sits in the log, parsed strictly but not yet verified."""
+
+    protected: bytes
+    payload: bytes
+    signature: bytes
+    alg: int
+    kid: bytes
+    issuer: str
+    subject: str
+    iat: int
+    receipt: Receipt
+
+    def to_be_signed(self) -> bytes:
+        return sig_structure(self.protected, self.payload)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckpointItem:
+    """A checkpoint as it sits in the log: signature over the detached root of leaves 0..tree_size-1."""
+
+    protected: bytes
+    signature: bytes
+    alg: int
+    kid: bytes
+    issuer: str
+    subject: str
+    iat: int
+    tree_size: int
+    leaf_index: int
+    path: tuple[bytes, ...]
+
+    def to_be_signed(self, root: bytes) -> bytes:
+        return sig_structure(self.protected, root)
+
+
+_RECEIPT_LABELS = (cose.HDR_ALG, cose.HDR_KID, cose.HDR_CWT_CLAIMS, cose.HDR_TYP)
+_CHECKPOINT_LABELS = (cose.HDR_ALG, cose.HDR_KID, cose.HDR_CWT_CLAIMS, cose.HDR_TYP, cose.HDR_VDS)
+_ALGS = (cose.ALG_ED25519, cose.ALG_EDDSA)
+
+
+def _p_protected(protected: bytes, labels: tuple[int, ...], typ: str, what: str) -> tuple[int, bytes, str, str, int]:
+    h = _loads_exact(protected, "protected header")
+    if type(h) is not dict:
+        raise _fail("protected header must be a map")
+    if h.get(cose.HDR_TYP) != typ:
+        raise _fail(f"item typ is `{h.get(cose.HDR_TYP)}` where {what} has `{typ}`")
+    if tuple(h) != labels:
+        raise _fail(f"protected header must have exactly the labels {list(labels)} in that order")
+    alg = h[cose.HDR_ALG]
+    if type(alg) is not int or alg not in _ALGS:
+        raise _fail(f"unsupported alg `{alg!r}`; expected -19 (Ed25519) or -8 (EdDSA)")
+    kid = _p_bytes(h[cose.HDR_KID], 32, "kid")
+    claims = h[cose.HDR_CWT_CLAIMS]
+    if type(claims) is not dict or tuple(claims) != (1, 2, 6):
+        raise _fail("cwt claims must be exactly {1: iss, 2: sub, 6: iat}")
+    issuer = _p_text(claims[1], "cwt iss")
+    subject = _p_text(claims[2], "cwt sub")
+    iat = _p_uint(claims[6], "cwt iat")
+    if type(h.get(cose.HDR_VDS, VDS_RFC9162_SHA256)) is not int or h.get(cose.HDR_VDS, 1) != VDS_RFC9162_SHA256:
+        raise _fail("checkpoint vds is not 1 (RFC9162_SHA256)")
+    return alg, kid, issuer, subject, iat
+
+
+def parse_item(data: bytes) -> RecordItem | CheckpointItem:
+    """Parse one item of a log (a receipt or a checkpoint) strictly, without checking any signature.
+
+    Raises `ReceiptFormatError` for anything but aarmc's exact layout, with
+    ``typ`` naming either a receipt or a checkpoint.
+    """
+    try:
+        item = cbor2.loads(data)
+    except Exception as exc:  # noqa: BLE001 - hostile input
+        raise _fail(f"item is not well-formed cbor: {exc}") from None
+    if type(item) is not cbor2.CBORTag or item.tag != cose.COSE_SIGN1_TAG:
+        raise _fail(f"item is not a tagged cose_sign1 (tag {cose.COSE_SIGN1_TAG})")
+    body = item.value
+    if type(body) not in (list, tuple) or len(body) != 4:
+        raise _fail("cose_sign1 must be an array of 4 items")
+    protected, unprotected, payload, signature = body
+    if type(protected) is not bytes or type(signature) is not bytes or len(signature) != keys.SIGNATURE_SIZE:
+        raise _fail("cose_sign1 protected header or signature has the wrong type or size")
+    if type(payload) is bytes:
+        if unprotected != {}:
+            raise _fail("a receipt's unprotected header must be empty")
+        expected = b"".join((_SIGN1_HEAD, _bstr_head(len(protected)), protected, _EMPTY_MAP,
+                             _bstr_head(len(payload)), payload, _SIG_HEAD, signature))
+        if expected != data:
+            raise _fail("receipt is not deterministic cbor (rfc 8949 §4.2.1)")
+        alg, kid, issuer, subject, iat = _p_protected(protected, _RECEIPT_LABELS, cose.TYP_RECEIPT, "a receipt")
+        receipt = decode_payload(payload)
+        if subject != receipt.subject:
+            raise _fail(f"cwt sub `{subject}` is not the record's `{receipt.subject}`")
+        if iat != receipt.time_ns // 1_000_000_000:
+            raise _fail("cwt iat is not the record's time in seconds")
+        return RecordItem(protected=protected, payload=payload, signature=signature, alg=alg, kid=kid,
+                          issuer=issuer, subject=subject, iat=iat, receipt=receipt)
+    if payload is not None:
+        raise _fail("cose_sign1 payload must be a byte string or nil")
+    try:
+        unprotected_bytes = dcbor.encode(unprotected)
+    except dcbor.EncodingError as exc:
+        raise _fail(f"checkpoint unprotected header: {exc}") from None
+    expected = b"".join((_SIGN1_HEAD, _bstr_head(len(protected)), protected, unprotected_bytes, _NIL, _SIG_HEAD,
+                         signature))
+    if expected != data:
+        raise _fail("checkpoint is not deterministic cbor (rfc 8949 §4.2.1)")
+    alg, kid, issuer, subject, iat = _p_protected(protected, _CHECKPOINT_LABELS, cose.TYP_CHECKPOINT,
+                                                  "a checkpoint")
+    # Inside a tag cbor2 hands out cbor2.frozendict and tuples.
+    if not isinstance(unprotected, Mapping) or list(unprotected) != [cose.HDR_VDP]:
+        raise _fail("checkpoint unprotected header must be exactly {396: vdp}")
+    vdp = unprotected[cose.HDR_VDP]
+    if not isinstance(vdp, Mapping) or list(vdp) != [VDP_INCLUSION]:
+        raise _fail("checkpoint vdp must be exactly {-1: [inclusion proof]}")
+    proofs = vdp[VDP_INCLUSION]
+    if type(proofs) not in (list, tuple) or len(proofs) != 1 or type(proofs[0]) is not bytes:
+        raise _fail("checkpoint must carry exactly one inclusion proof")
+    try:
+        proof = dcbor.decode_strict(proofs[0])
+    except dcbor.EncodingError as exc:
+        raise _fail(f"checkpoint inclusion proof: {exc}") from None
+    if not isinstance(proof, list) or len(proof) != 3 or not isinstance(proof[2], list):
+        raise _fail("checkpoint inclusion proof must be [tree_size, leaf_index, [hash...]]")
+    tree_size = _p_uint(proof[0], "checkpoint tree size")
+    leaf_index = _p_uint(proof[1], "checkpoint leaf index")
+    path = tuple(_p_bytes(p, merkle.HASH_SIZE, "inclusion path hash") for p in proof[2])
+    return CheckpointItem(protected=protected, signature=signature, alg=alg, kid=kid, issuer=issuer,
+                          subject=subject, iat=iat, tree_size=tree_size, leaf_index=leaf_index, path=path)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tail:
+    """Bytes after the last complete item. ``torn``: a write cut short (a prefix of one item, or zero fill)."""
+
+    offset: int
+    length: int
+    torn: bool
+    message: str
+
+
+def split_items(data: bytes) -> tuple[list[tuple[int, int]], Tail | None]:
+    """Cut an RFC 8742 CBOR sequence into ``(start, end)`` spans of complete items.
+
+    Returns the spans and what follows the last complete item, if anything: a
+    torn tail (an item that runs past the end of the data and hides no
+    complete item, or a run of zero bytes as a crashed file system leaves), or
+    malformed bytes (``torn=False``) after which no boundary can be trusted.
+    """
+    data = bytes(data)
+    n = len(data)
+    fp = io.BytesIO(data)
+    decoder = cbor2.CBORDecoder(fp)
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        if data[start] == 0 and not data[start:].strip(b"\x00"):
+            return spans, Tail(start, n - start, True, f"{n - start} zero byte(s) at the end of the log")
+        try:
+            decoder.decode()
+        except cbor2.CBORDecodeEOF:
+            return spans, _torn_or_hiding(data, start)
+        except Exception as exc:  # noqa: BLE001 - hostile input
+            return spans, Tail(start, n - start, False, f"malformed cbor at offset {start}: {exc}")
+        end = fp.tell()
+        spans.append((start, end))
+        start = end
+    return spans, None
+
+
+def _torn_or_hiding(data: bytes, start: int) -> Tail:
+    n = len(data)
+    # A write cut short is a prefix of one item. An item that only *seems*
+    # cut short because a length was altered swallows the items after it:
+    # find one and this is tampering, not a crash.
+    at = data.find(_SIGN1_HEAD, start + 1)
+    while at != -1:
+        fp = io.BytesIO(data[at:])
+        try:
+            cbor2.CBORDecoder(fp).decode()
+            parse_item(data[at:at + fp.tell()])
+        except Exception:  # noqa: BLE001 - not an item; keep looking
+            pass
+        else:
+            return Tail(start, n - start, False,
+                        f"the item at offset {start} runs past the end of the log, over a complete item at "
+                        f"offset {at}")
+        at = data.find(_SIGN1_HEAD, at + 1)
+    return Tail(start, n - start, True, f"the last {n - start} byte(s) are an incomplete item (a torn write)")
+
+
+# ----------------------------------------------------------------------------- state machine
+
+
+def facts(record: Record) -> tuple:
+    """What the state machine reads from a record: (kind, session, decision id, ref, action id, effect, verdict)."""
+    return (record.kind, record.session, record.decision_id, record.ref, record.action_id,
+            None if record.decision is None else record.decision.effect,
+            None if record.resolution is None else record.resolution.verdict)
+
+
+class StateMachine:
+    """The documented order of record kinds (module docstring), applied record by record.
+
+    `check` raises `StateError` without changing anything; `apply` checks,
+    then records the effect. The writer runs it before signing, the verifier
+    on what it reads, so a writer bug cannot produce a log that fails to verify.
+    Both take a `Record` or its `facts` tuple (what crosses process boundaries
+    in the parallel verifier).
+    """
+
+    __slots__ = ("closed", "decisions", "records", "sessions")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.closed = False
+        self.sessions: dict[str, bool] = {}  # session -> ended
+        # decision id -> [session, effect, action id, approval verdict, resolved, outcome seen]
+        self.decisions: dict[str, list[Any]] = {}
+
+    def check(self, record: Record | tuple) -> None:
+        kind, session, decision_id, ref, action_id, _, _ = record if type(record) is tuple else facts(record)
+        if self.closed:
+            raise StateError(f"{Kind(kind).label} record after log-close")
+        if (kind == Kind.LOG_OPEN) != (self.records == 0):
+            raise StateError("log-open must be the first record and only the first")
+        if kind == Kind.SESSION_START:
+            if session in self.sessions:
+                raise StateError(f"session `{session}` is started twice")
+        elif kind == Kind.SESSION_END:
+            ended = self.sessions.get(session)
+            if ended is None:
+                raise StateError(f"session-end for session `{session}` that never started")
+            if ended:
+                raise StateError(f"session `{session}` ends twice")
+        elif kind == Kind.DECISION:
+            ended = self.sessions.get(session)
+            if ended is None:
+                raise StateError(f"decision `{decision_id}` in session `{session}` before its session-start")
+            if ended:
+                raise StateError(f"decision `{decision_id}` after session `{session}` ended")
+            if decision_id in self.decisions:
+                raise StateError(f"decision id `{decision_id}` has a second decision record")
+        elif kind in (Kind.APPROVAL, Kind.DEFERRAL_RESOLUTION, Kind.OUTCOME):
+            d = self.decisions.get(ref)
+            if d is None:
+                raise StateError(f"{Kind(kind).label} refers to decision `{ref}`, which no earlier record made")
+            if d[0] != session:
+                raise StateError(f"{Kind(kind).label} for decision `{ref}` is in session `{session}`, the decision "
+                                 f"in `{d[0]}`")
+            if action_id is not None and action_id != d[2]:
+                raise StateError(f"{Kind(kind).label} for decision `{ref}` names action `{action_id}`, the decision "
+                                 f"`{d[2]}`")
+            if kind == Kind.APPROVAL:
+                if d[1] != STEP_UP:
+                    raise StateError(f"approval for decision `{ref}`, a {d[1]}, not a step_up")
+                if d[3] is not None:
+                    raise StateError(f"decision `{ref}` is approved or rejected twice")
+            elif kind == Kind.DEFERRAL_RESOLUTION:
+                if d[1] != DEFER:
+                    raise StateError(f"deferral resolution for decision `{ref}`, a {d[1]}, not a defer")
+                if d[4]:
+                    raise StateError(f"deferral `{ref}` is resolved twice")
+            else:
+                if d[5]:
+                    raise StateError(f"decision `{ref}` has a second outcome")
+                if not (d[1] in (ALLOW, MODIFY) or (d[1] == STEP_UP and d[3] == "approved")):
+                    why = "was not approved" if d[1] == STEP_UP else f"is a {d[1]}"
+                    raise StateError(f"outcome for decision `{ref}`, which {why} and cannot execute")
+
+    def apply(self, record: Record | tuple) -> None:
+        f = record if type(record) is tuple else facts(record)
+        self.check(f)
+        self.commit(f)
+
+    def commit(self, f: tuple) -> None:
+        """Record the effect of a `facts` tuple that `check` has accepted (the writer checks before it signs)."""
+        kind, session, decision_id, ref, action_id, effect, verdict = f
+        self.records += 1
+        if kind == Kind.SESSION_START:
+            self.sessions[session] = False
+        elif kind == Kind.SESSION_END:
+            self.sessions[session] = True
+        elif kind == Kind.DECISION:
+            self.decisions[decision_id] = [session, effect, action_id, None, False, False]
+        elif kind == Kind.APPROVAL:
+            self.decisions[ref][3] = verdict
+        elif kind == Kind.DEFERRAL_RESOLUTION:
+            self.decisions[ref][4] = True
+        elif kind == Kind.OUTCOME:
+            self.decisions[ref][5] = True
+        elif kind == Kind.LOG_CLOSE:
+            self.closed = True
