@@ -9,112 +9,33 @@ terminal, where rich adds colour.
 from __future__ import annotations
 
 import difflib
-import functools
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Sequence
 
 import click
 
 from aarmc import __version__
 from aarmc.diagnostics import ERROR, Diagnostic, render_human
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INCONCLUSIVE = 3
-
-EXIT_CODES = """\b
-Exit codes:
-  0  clean: nothing at or above the fail level; every test passed
-  1  errors in the policy, findings at or above --fail-level, failing
-     tests or coverage below --threshold
-  2  usage or internal error: bad flags, unreadable files, malformed
-     action, session or test files
-  3  inconclusive: the solver gave up (reserved)
-"""
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-# ---- output ------------------------------------------------------------------
-
-def _colour() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
-
-
-_STYLES = (("error[", "bold red"), ("warning[", "bold yellow"), ("info[", "bold cyan"))
-
-
-def echo_human(text: str, err: bool = False) -> None:
-    """Print human-readable output; on a terminal, severities and carets are coloured."""
-    if err or not _colour():
-        click.echo(text, nl=False, err=err)
-        return
-    from rich.console import Console
-    from rich.text import Text
-
-    console = Console(highlight=False, soft_wrap=True)
-    for line in text.splitlines():
-        styled = Text(line)
-        for marker, style in _STYLES:
-            at = line.find(marker)
-            if at >= 0:
-                styled.stylize(style, at, line.find("]", at) + 1)
-        stripped = line.lstrip(" 0123456789|")
-        if stripped and set(stripped) == {"^"}:
-            styled.stylize("bold red", len(line) - len(stripped))
-        if " = help:" in line:
-            styled.stylize("green", line.find(" = help:") + 1)
-        console.print(styled)
-
-
-def fail(message: str, help: str | None = None, code: int = EXIT_USAGE) -> NoReturn:
-    """Report a problem with the command's input (not a policy diagnostic) and exit."""
-    lines = [f"error: {message}"]
-    if help:
-        lines.append(f"  = help: {help}")
-    click.echo("\n".join(lines), err=True)
-    sys.exit(code)
-
-
-def internal_error(exc: BaseException) -> NoReturn:
-    detail = str(exc).splitlines()[0] if str(exc) else ""
-    message = f"internal error: {type(exc).__name__}" + (f": {detail}" if detail else "")
-    diag = Diagnostic(code="AARM-E0999", severity=ERROR, message=message,
-                      help="this is a bug in aarmc; rerun with AARMC_DEBUG=1 for a traceback and report it")
-    click.echo(render_human(diag, {}), err=True)
-    sys.exit(EXIT_USAGE)
-
-
-def _guarded(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
-            raise
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(EXIT_USAGE)
-        except Exception as exc:  # noqa: BLE001 - the point: no input produces a traceback
-            if os.environ.get("AARMC_DEBUG") == "1":
-                raise
-            internal_error(exc)
-
-    return wrapper
+from aarmc.cli_common import (  # noqa: F401 - re-exported for the command modules' callers
+    CONTEXT,
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_INCONCLUSIVE,
+    EXIT_OK,
+    EXIT_USAGE,
+    _guarded,
+    echo_human,
+    fail,
+    internal_error,
+    load,
+)
 
 
 # ---- the front end, behind one function ---------------------------------------------
-
-def load(paths: Sequence[str | Path]):
-    """Load a policy set (`aarmc.semantics.load.load_policy`)."""
-    from aarmc.semantics.load import load_policy
-
-    return load_policy(list(paths))
-
 
 def _input_error(diags: Sequence[Diagnostic]) -> bool:
     """A file that could not be read or found (E09xx) is a usage error, not a policy error."""
@@ -513,9 +434,11 @@ def _check_generated(declarations: str) -> None:
 
 def _register() -> None:
     from aarmc.cli_compile import compile_, inspect, keygen
+    from aarmc.cli_gateway import approve, gateway, pending, reject
     from aarmc.cli_receipts import timeline, verify
+    from aarmc.cli_serve import serve
 
-    for command in (keygen, compile_, inspect, verify, timeline):
+    for command in (keygen, compile_, inspect, verify, timeline, gateway, approve, reject, pending, serve):
         cli.add_command(command)
 
 

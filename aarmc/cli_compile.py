@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from aarmc.cli import EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, _guarded, echo_human, fail, load
+from aarmc.cli_common import EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, _guarded, echo_human, fail, load
 
 
 @click.command(epilog=EXIT_CODES, short_help="Create an Ed25519 signing key pair for policy artifacts.")
@@ -118,7 +118,6 @@ def _analysis_findings(result) -> list:
 @_guarded
 def inspect(artifact: str, key_paths: tuple[str, ...], fmt: str) -> None:
     """Describe ARTIFACT: policy, sources, tools, decision tables, what was proved, signature."""
-    from aarm_runtime import keys
     from aarm_runtime.artifact import ArtifactError
 
     from aarmc.compile.inspect import describe_artifact, render_artifact

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from aarmc.cli import _guarded
+from aarmc.cli_common import _guarded
 
 VERIFY_EXIT = """\b
 Exit codes:
