@@ -1,0 +1,299 @@
+"""Guard: decide + receipt signed + appended, per fsync mode; and the pieces it is made of, in the same run.
+
+    python benchmarks/bench_guard.py [--out FILE] [--budget S] [--quick] [--dir DIR]
+
+The workload is the mail-assistant spec (compiled and signed once): an
+identified session (a signed CWT, re-verified at every decision), the caller
+supplying `risk.drift`, and `email.send` to a colleague — ALLOW by
+`internal-mail` after the forbid, provenance, window (`send-burst`) and
+drift rules were evaluated. The guard's clock advances 361 s between
+decisions (outside the timing), so the session's one-hour window never holds
+ten sends and every decision stays an ALLOW, as in a long-running agent.
+
+Rows, each with `time.perf_counter_ns` around one call and GC disabled in the
+timed loop (every row states its fsync mode):
+
+* engine only — `Engine.decide` on the session's context (no receipt);
+* floor — CBOR encode + Ed25519 COSE_Sign1 of a decision receipt;
+* signed + appended — `Guard.submit(..., wait=False)`: identity re-verified,
+  decided, receipt built, signed, chained and written, context log and
+  history updated; the fsync that acknowledges it is still to come (the
+  caller must `wait()` before executing); measured with fsync ``group``;
+* acknowledged — `Guard.submit(...)`: the same until the covering fsync has
+  returned (``group`` and ``always``); this is what `Guard.call` waits for
+  before it runs the tool;
+* group commit, 4 threads, each with its own session: acknowledged decisions
+  per second and their latency.
+
+Writes JSON (with a ``markdown`` section) to ``--out`` and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+from aarm_runtime import keys  # noqa: E402
+from aarm_runtime import receipts as R  # noqa: E402
+from aarm_runtime.engine import Engine  # noqa: E402
+from aarm_runtime.guard import Guard  # noqa: E402
+from aarm_runtime.identity import Identity, IdentityVerifier, RevocationList, issue_identity  # noqa: E402
+from aarm_runtime.receipt_log import ReceiptLog  # noqa: E402
+
+AUTHOR = keys.SigningKey.from_seed(bytes(range(32)))
+RECEIPT_KEY = keys.SigningKey.from_seed(bytes(range(1, 33)))
+IDP = keys.SigningKey.from_seed(bytes(range(2, 34)))
+GOAL_P50_US = 40.0
+T0 = 1_800_000_000
+ACTION = ("email.send", {"to": "bob@corp.example", "subject": "minutes", "body": "see attached"})
+RISK = {"drift": 0}
+
+
+def compile_spec() -> bytes:
+    from aarmc.compile.artifact import compile_policy
+    from aarmc.semantics.load import load_policy
+
+    policy = load_policy([REPO / "specs" / "mail-assistant"]).policy
+    return compile_policy(policy, AUTHOR).data
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = float(T0)
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _pct(samples: list[int], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))] / 1000.0
+
+
+def _stats(samples: list[int]) -> dict:
+    return {"n": len(samples), "p50_us": _pct(samples, 0.5), "p90_us": _pct(samples, 0.9),
+            "p99_us": _pct(samples, 0.99), "mean_us": statistics.fmean(samples) / 1000.0}
+
+
+def _timed(fn, budget: float, before=None, minimum: int = 200) -> list[int]:
+    samples: list[int] = []
+    gc.collect()
+    gc.disable()
+    try:
+        end = time.perf_counter() + budget
+        i = 0
+        while time.perf_counter() < end or len(samples) < minimum:
+            if before is not None:
+                before(i)
+            t0 = time.perf_counter_ns()
+            fn(i)
+            samples.append(time.perf_counter_ns() - t0)
+            i += 1
+    finally:
+        gc.enable()
+    return samples
+
+
+def make_guard(artifact: bytes, directory: Path, fsync: str) -> tuple[Guard, Clock]:
+    clock = Clock()
+    log = ReceiptLog.create(Path(tempfile.mkdtemp(dir=directory)) / "receipts.cbor", RECEIPT_KEY, fsync=fsync,
+                            checkpoint_interval_s=None)
+    verifier = IdentityVerifier({"idp.corp": IDP.verify_key}, RevocationList())
+    g = Guard(Engine.load(artifact, [AUTHOR.verify_key]).prepare(), receipts=log, identity_verifier=verifier,
+              clock=clock, session_ttl_s=None, max_actions_per_session=10**9)
+    return g, clock
+
+
+def open_session(g: Guard, principal: str = "alice"):
+    token = issue_identity(Identity(issuer="idp.corp", principal=principal, agent="mail-bot", role="assistant",
+                                    scopes=("mail",)), IDP, ttl_s=10**9, now=T0)
+    return g.open_session(token, intent={"text": "send the minutes to bob@corp.example"})
+
+
+def bench_engine(artifact: bytes, directory: Path, budget: float) -> dict:
+    g, clock = make_guard(artifact, directory, "none")
+    s = open_session(g)
+    for _ in range(20):  # a session with some history, like the timed ones below
+        clock.t += 361
+        g.submit(s, *ACTION, RISK)
+    ctx = s.context
+    ctx.risk = g.engine.context({"risk": RISK}).risk
+    ctx.now = clock.t + 361  # as the next decision would see it: nine sends in the last hour
+    action = {"tool": ACTION[0], "params": ACTION[1]}
+    d = g.engine.decide(action, ctx)
+    assert d.decision == "allow", d
+    out = _stats(_timed(lambda i: g.engine.decide(action, ctx), budget))
+    g.receipts.abandon()
+    return out
+
+
+def bench_floor(budget: float) -> dict:
+    from aarm_runtime.decision import Decision
+
+    decision = Decision(decision="allow", rules=("internal-mail",), reason="rule", message="allowed by rule")
+    record = R.decision_record(session="s1", decision_id="d1", action_id="a1", tool=ACTION[0], params=ACTION[1],
+                               decision=decision, identity=R.Identity(principal="alice", agent="mail-bot"),
+                               context=bytes(32), policy=R.PolicyRef(digest=bytes(32), policy="p", version="1"))
+    receipt = R.Receipt(log_id=bytes(16), seq=1, prev=bytes(32), time_ns=time.time_ns(), record=record)
+
+    def one(_: int) -> None:
+        R.sign_receipt(R.encode_payload(receipt), RECEIPT_KEY, issuer="aarm-runtime", subject="s1",
+                       iat=receipt.time_ns // 10**9)
+    return _stats(_timed(one, budget))
+
+
+def bench_submit(artifact: bytes, directory: Path, fsync: str, wait: bool, budget: float) -> dict:
+    g, clock = make_guard(artifact, directory, fsync)
+    s = open_session(g)
+    for _ in range(20):
+        clock.t += 361
+        g.submit(s, *ACTION, RISK)
+
+    def tick(_: int) -> None:
+        clock.t += 361
+
+    effects: list[str] = []
+
+    def one(_: int) -> None:
+        effects.append(g.submit(s, *ACTION, RISK, wait=wait).status)
+    samples = _timed(one, budget, before=tick, minimum=50 if wait else 200)
+    assert set(effects) == {"allow"}, set(effects)
+    g.close()
+    g.receipts.close()
+    return {"fsync": fsync, "acknowledged": wait, **_stats(samples)}
+
+
+def bench_threads(artifact: bytes, directory: Path, budget: float, threads: int = 4) -> dict:
+    g, _ = make_guard(artifact, directory, "group")
+    # Each thread its own session and its own clock offset: wall-clock sessions here (a real clock).
+    g.clock = time.time
+    sessions = []
+    for t in range(threads):
+        token = issue_identity(Identity(issuer="idp.corp", principal=f"user{t}", agent="mail-bot"), IDP,
+                               ttl_s=10**9, now=time.time())
+        sessions.append(g.open_session(token, intent={"text": "send the minutes to bob@corp.example"}))
+    latencies: list[list[int]] = [[] for _ in range(threads)]
+    stop = time.perf_counter() + budget
+    # Different reads: `email.read_inbox` has no window rule, so the decision stays an ALLOW at any rate.
+    action = ("email.read_inbox", {"folder": "INBOX"})
+
+    def run(t: int) -> None:
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter_ns()
+            sub = g.submit(sessions[t], *action)
+            latencies[t].append(time.perf_counter_ns() - t0)
+            assert sub.status == "allow"
+
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - t0
+    g.close()
+    g.receipts.close()
+    flat = [x for lst in latencies for x in lst]
+    return {"threads": threads, "fsync": "group", "per_s": len(flat) / elapsed, **_stats(flat)}
+
+
+def _filesystem(directory: Path) -> str:
+    try:
+        line = subprocess.run(["df", "-T", str(directory)], capture_output=True, text=True, check=False)
+        return line.stdout.splitlines()[-1].split()[1]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def markdown(out: dict) -> str:
+    rows = out["rows"]
+    goal = next(r for r in rows if r["key"] == "signed_group")
+    met = goal["p50_us"] <= GOAL_P50_US
+    lines = [
+        "## guard: decide + receipt signed + appended",
+        "",
+        f"Workload: mail-assistant spec, identified session (CWT re-verified per decision), `email.send` to a "
+        f"colleague with `risk.drift` supplied (ALLOW after every rule of the tool ran). Log directory "
+        f"`{out['dir']}` ({out['filesystem']}); budget {out['budget_s']:g} s per row; Python {out['python']}; load "
+        f"average at start {out['load']}. Every row names its fsync mode.",
+        "",
+        "| what | fsync mode | p50 µs | p90 µs | p99 µs | samples |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['what']} | {r['mode']} | {r['p50_us']:.1f} | {r['p90_us']:.1f} | {r['p99_us']:.1f} | "
+                     f"{r['n']:,} |")
+    t = out["threads"]
+    lines += [
+        "",
+        f"Group commit (fsync mode `group`), {t['threads']} threads each deciding in its own session: "
+        f"{t['per_s']:,.0f} acknowledged decisions/s, latency p50 {t['p50_us']:.1f} µs, p99 {t['p99_us']:.1f} µs.",
+        "",
+        f"Goal (issue 5): decide + receipt signed + appended p50 ≤ {GOAL_P50_US:g} µs with group-commit fsync: "
+        f"{goal['p50_us']:.1f} µs — {'met' if met else 'NOT met'}. Of it, the engine's decision is "
+        f"{next(r for r in rows if r['key'] == 'engine')['p50_us']:.1f} µs and CBOR encode + Ed25519 sign "
+        f"{next(r for r in rows if r['key'] == 'floor')['p50_us']:.1f} µs (both measured in this run); the rest is "
+        "the receipt log's chaining, Merkle leaf and write, the identity re-check, the receipt record, and the "
+        "session's context log and history.",
+        "",
+        "Notes: *signed + appended* returns once the receipt is signed and in the file (page cache); `Guard.call`, "
+        "and `Guard.submit` by default, also wait for the fsync that covers it before the tool may run — the "
+        "*acknowledged* rows, dominated by fdatasync on this file system (one thread alone gains nothing from "
+        "group commit; concurrent sessions share each fsync). A shared 2-vCPU VM: compare rows within one run.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(HERE / "out" / "bench_guard.json"))
+    ap.add_argument("--budget", type=float, default=4.0, help="seconds per row")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dir", default=None, help="directory for the logs (default: the system temp directory)")
+    a = ap.parse_args()
+    budget = min(a.budget, 1.0) if a.quick else a.budget
+    directory = Path(a.dir or tempfile.gettempdir())
+    artifact = compile_spec()
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        tmp_dir = Path(tmp)
+        out: dict = {"dir": str(directory), "filesystem": _filesystem(directory), "budget_s": budget,
+                     "python": sys.version.split()[0], "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+                     "goal_p50_us": GOAL_P50_US}
+        rows = []
+
+        def row(key: str, what: str, mode: str, stats: dict) -> None:
+            rows.append({"key": key, "what": what, "mode": mode, **stats})
+
+        row("engine", "engine only: `Engine.decide`", "no receipt", bench_engine(artifact, tmp_dir, budget))
+        row("floor", "floor: CBOR encode + Ed25519 sign of a decision receipt", "no write", bench_floor(budget))
+        row("signed_group", "**decide + receipt signed + appended** (`submit(wait=False)`)", "group",
+            bench_submit(artifact, tmp_dir, "group", False, budget))
+        row("signed_always", "decide + receipt signed + appended, then its own fsync (`submit`)", "always",
+            bench_submit(artifact, tmp_dir, "always", True, budget))
+        row("ack_group", "decide + receipt signed + appended + acknowledged (`submit`)", "group",
+            bench_submit(artifact, tmp_dir, "group", True, budget))
+        row("signed_none", "decide + receipt signed + appended (`submit`)", "none (unsafe: never synced)",
+            bench_submit(artifact, tmp_dir, "none", True, budget))
+        out["rows"] = rows
+        out["threads"] = bench_threads(artifact, tmp_dir, budget)
+    out["markdown"] = markdown(out)
+    target = Path(a.out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(out, indent=1, sort_keys=True))
+    print(out["markdown"])
+
+
+if __name__ == "__main__":
+    main()
