@@ -1,0 +1,1 @@
+"""Real MCP servers (FastMCP, stdio) that the gateway tests start as subprocesses."""
