@@ -91,9 +91,18 @@ def version() -> None:
               show_default=True, help="Output format; json is versioned, sarif is SARIF 2.1.0.")
 @click.option("--fail-level", type=click.Choice(["error", "warning", "info"]), default="error",
               show_default=True, help="Exit 1 when anything at or above this severity is reported.")
+@click.option("--no-analysis", is_flag=True, help="Only syntax, names and types: skip the Z3 analysis.")
+@click.option("--timeout-ms", type=click.IntRange(100, 3_600_000), default=None,
+              help="Solver time limit per query (a query that runs out is an `unknown` finding, exit 3).")
+@click.option("--emit-tests", "emit_dir", metavar="DIR",
+              help="Write every finding's witness as a ready-to-run `aarmc test` case into DIR.")
 @_guarded
-def check(paths: tuple[str, ...], fmt: str, fail_level: str) -> None:
-    """Check policy sets: syntax, names and types.
+def check(paths: tuple[str, ...], fmt: str, fail_level: str, no_analysis: bool, timeout_ms: int | None,
+          emit_dir: str | None) -> None:
+    """Check policy sets: syntax, names and types, then prove with Z3 what
+    LANGUAGE.md §6 lists (dead, shadowed and redundant rules, conflicts,
+    modifies a forbid catches, context gaps, and the policy's asserts), each
+    finding with a counterexample replayed on the reference interpreter.
 
     Each PATH is one policy set: a file, or a directory (every `*.aarm` file
     below it, in any declaration order). A directory with no `*.aarm` file of
@@ -105,10 +114,22 @@ def check(paths: tuple[str, ...], fmt: str, fail_level: str) -> None:
     from aarmc import report as rep
 
     reports = []
+    inconclusive = False
     for group in policy_sets(paths):
         result = load(group)
+        items: list = list(result.diagnostics)
+        if result.policy is not None and not no_analysis:
+            analysis = run_analysis(result.policy, timeout_ms=timeout_ms, quiet=fmt != "human")
+            items.extend(f.to_item() for f in analysis.findings)
+            inconclusive = inconclusive or analysis.inconclusive
+            if emit_dir is not None:
+                from aarmc.analysis import emit_tests
+
+                target = Path(emit_dir) / (result.policy.name if len(paths) > 1 or Path(group[0]).is_dir()
+                                           and len(policy_sets(paths)) > 1 else "")
+                emit_tests(analysis, target, result.policy)
         summary = rep.PolicySummary.of(result.policy) if result.policy is not None else None
-        reports.append(rep.Report(items=result.diagnostics, sources=result.sources, policy=summary))
+        reports.append(rep.Report(items=tuple(items), sources=result.sources, policy=summary))
     if fmt == "json":
         docs = [rep.report_json(r) for r in reports]
         click.echo(rep.dumps(docs[0] if len(docs) == 1 else
@@ -121,7 +142,47 @@ def check(paths: tuple[str, ...], fmt: str, fail_level: str) -> None:
         echo_human("\n".join(rep.format_human(r) for r in reports))
     if any(_input_error(r.diagnostics) for r in reports):
         sys.exit(EXIT_USAGE)
-    sys.exit(EXIT_FAILED if any(r.reaches(fail_level) for r in reports) else EXIT_OK)
+    if any(r.reaches(fail_level) for r in reports):
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_INCONCLUSIVE if inconclusive else EXIT_OK)
+
+
+def run_analysis(policy: Any, *, timeout_ms: int | None = None, quiet: bool = False):
+    """The Z3 analysis of one policy set, with a progress line on a terminal when it takes a while.
+
+    A witness that does not replay on the reference interpreter is an internal
+    error (exit 2), never a finding.
+    """
+    import time
+
+    from aarmc.analysis import AnalysisBug, WitnessError, analyze
+
+    kwargs = {} if timeout_ms is None else {"timeout_ms": timeout_ms}
+    show = not quiet and sys.stderr.isatty()
+    started = time.monotonic()
+    status = None
+
+    def progress(step: str) -> None:
+        nonlocal status
+        if not show or time.monotonic() - started < 1.0:
+            return
+        if status is None:
+            from rich.console import Console
+
+            status = Console(stderr=True).status(f"checking {policy.name}")
+            status.start()
+        status.update(f"checking {policy.name}: {step}")
+
+    try:
+        return analyze(policy, progress=progress, **kwargs)
+    except (WitnessError, AnalysisBug) as err:
+        diag = err.diagnostic() if hasattr(err, "diagnostic") else None
+        click.echo(render_human(diag, {}) if diag is not None else f"error: internal error in the analysis: {err}",
+                   err=True)
+        sys.exit(EXIT_USAGE)
+    finally:
+        if status is not None:
+            status.stop()
 
 
 def policy_sets(paths: Sequence[str]) -> list[list[str]]:
@@ -430,6 +491,40 @@ def _check_generated(declarations: str) -> None:
         first = result.diagnostics[0] if result.diagnostics else None
         raise AssertionError("generated declarations do not load"
                              + (f": {first.headline()}" if first else ""))
+
+
+@cli.command(epilog=EXIT_CODES, short_help="Show how two versions of a policy decide differently.")
+@click.argument("old", metavar="OLD")
+@click.argument("new", metavar="NEW")
+@click.option("--fail-on", type=click.Choice(["any", "widen"]), default=None,
+              help="Exit 1 on any decision change, or only on a widening one (a new allow or modify).")
+@click.option("--format", "fmt", type=click.Choice(["human", "json"]), default="human", show_default=True)
+@click.option("--timeout-ms", type=click.IntRange(100, 3_600_000), default=None, help="Solver time limit per query.")
+@_guarded
+def diff(old: str, new: str, fail_on: str | None, fmt: str, timeout_ms: int | None) -> None:
+    """Per tool, each kind of decision change from OLD to NEW (e.g. `email.send:
+    deny -> allow`) with a witness replayed on both, or a proof that the two
+    policies decide identically. Exit 3 when the solver could not decide."""
+    from aarmc import report as rep
+    from aarmc.analysis import diff_policies
+
+    loaded = []
+    for path in (old, new):
+        result = load([path])
+        if result.policy is None:
+            echo_human(rep.format_human(rep.Report(items=result.diagnostics, sources=result.sources, policy=None)),
+                       err=True)
+            sys.exit(EXIT_USAGE if _input_error(result.diagnostics) else EXIT_FAILED)
+        loaded.append(result.policy)
+    kwargs = {} if timeout_ms is None else {"timeout_ms": timeout_ms}
+    report = diff_policies(loaded[0], loaded[1], **kwargs)
+    if fmt == "json":
+        click.echo(rep.dumps(report.to_json()))
+    else:
+        echo_human(report.format_human())
+    if fail_on == "any" and report.changes or fail_on == "widen" and report.widens:
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_INCONCLUSIVE if report.inconclusive else EXIT_OK)
 
 
 def _register() -> None:

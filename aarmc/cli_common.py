@@ -29,7 +29,7 @@ Exit codes:
      tests or coverage below --threshold
   2  usage or internal error: bad flags, unreadable files, malformed
      action, session or test files
-  3  inconclusive: the solver gave up (reserved)
+  3  inconclusive: the solver gave up on a query (never shown as proved)
 """
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

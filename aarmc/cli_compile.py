@@ -106,8 +106,12 @@ def compile_(policy: str, output: str, key_path: str | None, unsafe_unsigned: bo
 
 
 def _analysis_findings(result) -> list:
-    """The analysis findings of a loaded policy (wired when the analysis stage lands)."""
-    return []
+    """The Z3 analysis findings of a loaded policy, as report items (the same as `aarmc check`)."""
+    if result.policy is None:
+        return []
+    from aarmc.cli import run_analysis  # at call time: aarmc.cli registers this module
+
+    return [f.to_item() for f in run_analysis(result.policy).findings]
 
 
 @click.command(epilog=EXIT_CODES, short_help="Show what a compiled policy artifact holds.")

@@ -86,7 +86,7 @@ def test_usage_errors_exit_2(args):
 # ---- check ------------------------------------------------------------------------
 
 def test_check_clean_policy():
-    out = invoke("check", str(EXAMPLE))
+    out = invoke("check", str(EXAMPLE), "--no-analysis")
     assert out.exit_code == 0
     assert out.output == "policy `mail-assistant` v4: 7 tools, 12 rules, 3 asserts — no errors\n"
 
@@ -109,7 +109,7 @@ def test_check_json(tmp_path):
     assert doc["version"] == 1 and doc["tool"] == "aarmc" and doc["policy"] is None
     (diag,) = doc["diagnostics"]
     assert (diag["code"], diag["file"], diag["line"], diag["col"]) == ("AARM-E0303", str(path), 4, 20)
-    clean = json.loads(invoke("check", str(EXAMPLE), "--format", "json").output)
+    clean = json.loads(invoke("check", str(EXAMPLE), "--no-analysis", "--format", "json").output)
     assert clean["policy"] == {"name": "mail-assistant", "version": "4", "tools": 7, "rules": 12, "asserts": 3}
     assert clean["diagnostics"] == [] and clean["summary"]["errors"] == 0
 
@@ -124,7 +124,7 @@ def test_check_sarif_is_valid(tmp_path, monkeypatch):
     (result,) = log["runs"][0]["results"]
     assert result["ruleId"] == "AARM-E0303" and result["level"] == "error"
     assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "pol/bad.aarm"
-    clean = json.loads(invoke("check", str(EXAMPLE), "--format", "sarif").output)
+    clean = json.loads(invoke("check", str(EXAMPLE), "--no-analysis", "--format", "sarif").output)
     jsonschema.validate(clean, SCHEMA)
     assert clean["runs"][0]["results"] == []
 
@@ -387,7 +387,7 @@ def run_aarmc(*args: str, input: bytes | None = None, cwd: Path | None = None) -
 
 
 def test_script_check_exit_codes_and_sarif(tmp_path):
-    clean = run_aarmc("check", str(EXAMPLE))
+    clean = run_aarmc("check", str(EXAMPLE), "--no-analysis")
     assert clean.returncode == 0 and clean.stdout.decode().endswith("— no errors\n")
     write(tmp_path / "bad.aarm", BAD)
     bad = run_aarmc("check", "bad.aarm", "--format", "sarif", cwd=tmp_path)
@@ -484,3 +484,36 @@ def test_check_a_directory_of_policy_sets(tmp_path):
     (tmp_path / "two" / "bad.aarm").write_text("allow \"r2\" c.d\n")
     bad = CliRunner().invoke(cli, ["check", str(tmp_path)])
     assert bad.exit_code == 1 and "AARM-E0212" in bad.output and "policy `one`" in bad.output
+
+
+def test_check_runs_the_analysis_and_reports_proved_asserts_and_refutations(tmp_path):
+    """The Z3 findings reach the CLI: proved asserts (info), a refuted assert (error, exit 1, witness)."""
+    out = invoke("check", str(EXAMPLE), "--format", "json")
+    assert out.exit_code == 0, out.output
+    kinds = [d.get("kind") for d in json.loads(out.output)["diagnostics"]]
+    assert kinds.count("assert-proved") == 3
+    bad = tmp_path / "bad.aarm"
+    bad.write_text('policy "p" version "1"\ndefault deny\ntool bank.pay(amount: int) returns none\n'
+                   'allow "pay" bank.pay\nassert "small only": never allow bank.pay when params.amount > 100\n')
+    refuted = invoke("check", str(bad), "--format", "json")
+    assert refuted.exit_code == 1, refuted.output
+    [finding] = [d for d in json.loads(refuted.output)["diagnostics"] if d.get("kind") == "assert-refuted"]
+    assert finding["witness"]["action"]["params"]["amount"] > 100
+    emitted = tmp_path / "emitted"
+    invoke("check", str(bad), "--emit-tests", str(emitted))
+    assert list(emitted.rglob("*.yaml")), "the witness should be written as an aarmc test case"
+
+
+def test_diff_reports_a_widening_change(tmp_path):
+    old = tmp_path / "old.aarm"
+    new = tmp_path / "new.aarm"
+    head = 'policy "p" version "1"\ndefault deny\ntool bank.pay(amount: int) returns none\n'
+    old.write_text(head + 'allow "pay" bank.pay when params.amount <= 100\n')
+    new.write_text(head + 'allow "pay" bank.pay when params.amount <= 1000\n')
+    same = invoke("diff", str(old), str(old), "--fail-on", "widen")
+    assert same.exit_code == 0, same.output
+    widened = invoke("diff", str(new), str(old))
+    assert widened.exit_code == 0
+    result = invoke("diff", str(old), str(new), "--fail-on", "widen", "--format", "json")
+    assert result.exit_code == 1, result.output
+    assert "allow" in result.output and "deny" in result.output
