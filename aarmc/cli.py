@@ -91,14 +91,16 @@ def version() -> None:
               show_default=True, help="Output format; json is versioned, sarif is SARIF 2.1.0.")
 @click.option("--fail-level", type=click.Choice(["error", "warning", "info"]), default="error",
               show_default=True, help="Exit 1 when anything at or above this severity is reported.")
+@click.option("--show-level", type=click.Choice(["error", "warning", "info"]), default="info", show_default=True,
+              help="Human output: print only diagnostics at or above this severity (the summary counts all).")
 @click.option("--no-analysis", is_flag=True, help="Only syntax, names and types: skip the Z3 analysis.")
 @click.option("--timeout-ms", type=click.IntRange(100, 3_600_000), default=None,
               help="Solver time limit per query (a query that runs out is an `unknown` finding, exit 3).")
 @click.option("--emit-tests", "emit_dir", metavar="DIR",
               help="Write every finding's witness as a ready-to-run `aarmc test` case into DIR.")
 @_guarded
-def check(paths: tuple[str, ...], fmt: str, fail_level: str, no_analysis: bool, timeout_ms: int | None,
-          emit_dir: str | None) -> None:
+def check(paths: tuple[str, ...], fmt: str, fail_level: str, show_level: str, no_analysis: bool,
+          timeout_ms: int | None, emit_dir: str | None) -> None:
     """Check policy sets: syntax, names and types, then prove with Z3 what
     LANGUAGE.md §6 lists (dead, shadowed and redundant rules, conflicts,
     modifies a forbid catches, context gaps, and the policy's asserts), each
@@ -139,7 +141,7 @@ def check(paths: tuple[str, ...], fmt: str, fail_level: str, no_analysis: bool, 
         merged = dict(logs[0], runs=[run for log in logs for run in log["runs"]])
         click.echo(rep.dumps(merged))
     else:
-        echo_human("\n".join(rep.format_human(r) for r in reports))
+        echo_human("\n".join(rep.format_human(r, show_level) for r in reports))
     if any(_input_error(r.diagnostics) for r in reports):
         sys.exit(EXIT_USAGE)
     if any(r.reaches(fail_level) for r in reports):

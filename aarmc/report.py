@@ -172,9 +172,12 @@ def render_item(item: Item, sources: Mapping[str, str]) -> str:
     return render_human(diag, dict(sources))
 
 
-def format_human(report: Report) -> str:
-    """Each diagnostic, a blank line between them, then the summary line."""
-    blocks = [render_item(i, report.sources) for i in report.items]
+def format_human(report: Report, show_level: str = INFO) -> str:
+    """Each diagnostic at or above `show_level`, a blank line between them, then
+    the summary line (which counts everything)."""
+    floor = SEVERITY_RANK[show_level]
+    blocks = [render_item(i, report.sources) for i in report.items
+              if SEVERITY_RANK[diagnostic_of(i).severity] >= floor]
     blocks.append(report.summary_line())
     return "\n\n".join(blocks) + "\n"
 

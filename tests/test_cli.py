@@ -517,3 +517,11 @@ def test_diff_reports_a_widening_change(tmp_path):
     result = invoke("diff", str(old), str(new), "--fail-on", "widen", "--format", "json")
     assert result.exit_code == 1, result.output
     assert "allow" in result.output and "deny" in result.output
+
+
+def test_check_show_level_hides_notes_but_counts_them():
+    full = invoke("check", str(EXAMPLE))
+    quiet = invoke("check", str(EXAMPLE), "--show-level", "warning")
+    assert full.exit_code == quiet.exit_code == 0
+    assert "info[AARM-" in full.output and "info[AARM-" not in quiet.output
+    assert full.output.splitlines()[-1] == quiet.output.splitlines()[-1]  # the same summary
