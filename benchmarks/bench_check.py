@@ -79,6 +79,16 @@ def generate(n_rules: int, seed: int = SEED) -> str:
     add('defer "RID" effects external when risk.drift > 0.6 timeout 10m')
     add('deny "RID" priority 500 effects destructive when has risk.injection and risk.injection >= 0.8')
     add('deny "RID" effects write when "credentials" in session.tags and not env.maintenance')
+    # Planted problems, one set per 100 rules (4 rules each): a conflict at one explicit
+    # priority, a modify that produces what a forbid refuses, and a redundant narrower allow.
+    pays = [t for t in tools if t[1] == "pay"]
+    shells = [t for t in tools if t[1] == "shell"]
+    for k in range(max(1, n_rules // 100)):
+        pay, shell = pays[k % len(pays)][0], shells[k % len(shells)][0]
+        add(f'allow "RID" priority 150 {pay} when params.amount <= 10')
+        add(f'deny "RID" priority 150 {pay} when params.currency == "GBP"')
+        add(f'modify "RID" {shell} when params.cmd startswith "make" set timeout_s = 100000')
+        add(f'forbid "RID" {shell} when params.timeout_s > 50000')
     used: set[tuple[str, int]] = set()
     while rid < n_rules:
         name, kind = rnd.choice(tools)
