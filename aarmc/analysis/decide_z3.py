@@ -44,8 +44,9 @@ from aarmc.analysis.encode import Env, ToolEncoding, V
 from aarmc.analysis.symbolic import FALSE, TRUE, SVal, and_, eq_, implies, is_false, is_true, ite, not_, or_
 from aarmc.semantics import ir
 
-DEFAULT_TIMEOUT_S = 300
-MAX_UNKNOWN_RULES = 16
+# The reference interpreter's own constants: the encoding must follow them exactly.
+from aarmc.reference.decide import DEFAULT_TIMEOUT_S, MAX_UNKNOWN_RULES  # noqa: E402
+
 ENUM_CAP = 6
 
 ALLOW, DENY, STEP_UP, DEFER, MODIFY, MODIFY_UNKNOWN = range(6)
