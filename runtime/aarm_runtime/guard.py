@@ -29,9 +29,11 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
+
+import cbor2
 
 from aarm_runtime import receipts as R
 from aarm_runtime import values
@@ -48,8 +50,10 @@ from aarm_runtime.context import SessionContext
 from aarm_runtime.decision import ALLOW, DEFER, DENY, MODIFY, STEP_UP, Decision
 from aarm_runtime.deferrals import ContextUpdate, DeferralError, DeferralRequest, Deferrals
 from aarm_runtime.engine import DEFAULT_TIMEOUT_S, Engine
+from aarm_runtime.events import GuardEvent
 from aarm_runtime.identity import IdentityError
 from aarm_runtime.session import GuardContext, Session, _DecisionState
+from aarm_runtime.session_store import StoreError
 
 __all__ = [
     "CallResult",
@@ -93,6 +97,7 @@ RUNTIME_REASONS = {
     "invalid-params": "params that are not JSON (also LANGUAGE.md §5's reason for invalid params)",
     "internal-error": "an exception inside the runtime",
     "receipt-unavailable": "the receipt could not be made durable (no receipt can say why)",
+    "session-store-unavailable": "the shared session store failed or the session's lease was lost",
 }
 
 _ARGS_DOMAIN = b"aarm-args-v1\x00"
@@ -345,6 +350,11 @@ class Guard:
         redeem_window_s: float = 300,
         poll_s: float = 0.25,
         resolver_interval_s: float = 1.0,
+        session_store: Any = None,
+        store_lease_s: float = 10.0,
+        store_wait_s: float = 10.0,
+        observers: Any = (),
+        aligner: Any = None,
     ) -> None:
         if receipts is None or not hasattr(receipts, "submit"):
             raise TypeError("receipts must be a `ReceiptLog` (every decision needs a receipt)")
@@ -378,6 +388,21 @@ class Guard:
         self.poll_s = poll_s
         self.resolver_interval_s = resolver_interval_s
         self._resolvers: list[tuple[str, Callable]] = []
+        if session_store is not None and not all(hasattr(session_store, m) for m in
+                                                 ("create", "header", "acquire", "commit", "release")):
+            raise TypeError("session_store must be a `SessionStore` (aarm_runtime.session_store)")
+        self.store = session_store
+        self.store_lease_s = store_lease_s
+        self.store_wait_s = store_wait_s
+        observers = tuple(observers)
+        if not all(callable(o) for o in observers):
+            raise TypeError("observers must be callables taking a `GuardEvent`")
+        self._observers = observers
+        #: Exceptions raised by observers (swallowed: an observer never changes a decision).
+        self.observer_errors = 0
+        if aligner is not None and not callable(getattr(aligner, "assess", None)):
+            raise TypeError("aligner must have an `assess(intent, tool, params, prior)` method")
+        self.aligner = aligner
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._infos: dict[int, tuple[Decision, R.DecisionInfo]] = {}
@@ -385,6 +410,7 @@ class Guard:
         self._sweeper: threading.Thread | None = None
         self._stop_sweeper = threading.Event()
         self._sensitive: dict[str, bool] = {}
+        self._sensitive_names: dict[str, tuple[str, ...]] = {}
         self.policy_ref: R.PolicyRef | None = None
         self._wraps: dict[str, tuple[str, str]] = {}
         if engine is not None:
@@ -392,6 +418,7 @@ class Guard:
             self.policy_ref = R.PolicyRef.from_artifact(art)
             self._wraps = {t.name: t.wraps for t in art.tools if t.wraps is not None}
             self._sensitive = {t.name: any(p.sensitive for p in t.params) for t in art.tools}
+            self._sensitive_names = {t.name: tuple(p.name for p in t.params if p.sensitive) for t in art.tools}
         _attach(self.approvals, self._on_approval, clock=clock, name=name)
         _attach(self.deferrals, self._on_deferral_denied, clock=clock)
 
@@ -420,9 +447,12 @@ class Guard:
             return dict(self._sessions)
 
     def session(self, session_id: str) -> Session:
+        """The open session *session_id*; with a session store, one another replica opened is joined."""
         with self._lock:
             got = self._sessions.get(session_id)
         if got is None:
+            if self.store is not None and isinstance(session_id, str) and session_id:
+                return self.join_session(session_id)
             raise GuardError(f"no open session `{session_id}`")
         return got
 
@@ -476,28 +506,144 @@ class Guard:
         intent_j = None if intent is None else _jsonish(dict(intent))[0]
         env_j = None if env is None else _jsonish(dict(env))[0]
         ttl = self.session_ttl_s
-        session = Session(session_id=session_id, identity=verified, identity_json=identity_json,
-                          identity_receipt=receipt_identity, identity_error=error, intent=intent_j, env=env_j,
-                          opened_at=now, expires_at=None if ttl is None else now + ttl,
-                          declarations=None if self.engine is None else self.engine.declarations)
+        expires = None if ttl is None else now + ttl
+        session = self._new_session(session_id, verified, identity_json, receipt_identity, error, intent_j, env_j,
+                                    now, expires)
         with self._lock:
             if session_id in self._sessions:
                 raise GuardError(f"session `{session_id}` is already open")
+            if self.store is not None:
+                header = cbor2.dumps({"format": 1, "id": session_id, "token": identity_token if verified else None,
+                                      "identity": identity_json if self.verifier is None else None,
+                                      "intent": intent_j, "env": env_j, "opened_at": now, "expires_at": expires,
+                                      "error": None if error is None else list(error)}, canonical=True)
+                try:
+                    created = self.store.create(session_id, header, ttl_s=None if ttl is None else ttl + 3600)
+                except Exception as err:  # noqa: BLE001
+                    raise GuardError(f"session `{session_id}` could not be created in the session store: {err}") \
+                        from err
+                if not created:
+                    raise GuardError(f"session `{session_id}` is already open (in the session store)")
             self._sessions[session_id] = session
         note = None if error is None else f"identity refused: {error[0]}: {error[1]}"
+        try:
+            self._write_open(session, now, digest, identity_json, intent_j, env_j, error, receipt_identity, note)
+        except StoreError as err:
+            session.broken = f"the session could not be recorded in the session store: {err}"
+        self._emit(session, "session-start", None)
+        return session
+
+    def _new_session(self, session_id: str, verified: Any, identity_json: Any, receipt_identity: Any, error: Any,
+                     intent: Any, env: Any, opened_at: float, expires_at: float | None) -> Session:
+        return Session(session_id=session_id, identity=verified, identity_json=identity_json,
+                       identity_receipt=receipt_identity, identity_error=error, intent=intent, env=env,
+                       opened_at=opened_at, expires_at=expires_at,
+                       declarations=None if self.engine is None else self.engine.declarations, store=self.store,
+                       lease_s=self.store_lease_s, wait_s=self.store_wait_s)
+
+    def _write_open(self, session: Session, now: float, digest: bytes | None, identity_json: Any, intent_j: Any,
+                    env_j: Any, error: Any, receipt_identity: Any, note: str | None) -> None:
         with session.lock:
-            session.log.append("open", _ns(now), session_id, None if digest is None else digest,
+            session.log.append("open", _ns(now), session.id, None if digest is None else digest,
                                None if identity_json is None else _text_or_none(identity_json),
                                None if intent_j is None else _text_or_none(intent_j),
                                None if env_j is None else _text_or_none(env_j),
                                None if error is None else error[0])
             try:
                 self.receipts.submit(R.session_start_record(
-                    session_id, identity=receipt_identity, context=session.log.head, policy=self.policy_ref,
+                    session.id, identity=receipt_identity, context=session.log.head, policy=self.policy_ref,
                     note=note)).wait()
             except Exception as err:  # noqa: BLE001 - no session-start: every decision of it is refused
                 session.broken = f"the session-start receipt could not be written: {err}"
+
+    def join_session(self, session_id: str) -> Session:
+        """Serve a session another replica opened in the shared session store.
+
+        The identity is verified again here (with this guard's verifier and
+        clock); a refusal the opener saw stands. This replica's receipt log
+        gets a session-start receipt saying the session was joined.
+        """
+        if self.store is None:
+            raise GuardError("joining a session needs a session store")
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError("session_id must be a non-empty string")
+        with self._lock:
+            got = self._sessions.get(session_id)
+            if got is not None:
+                return got
+        try:
+            raw = self.store.header(session_id)
+        except Exception as err:  # noqa: BLE001
+            raise GuardError(f"session `{session_id}` could not be read from the session store: {err}") from err
+        if raw is None:
+            raise GuardError(f"no open session `{session_id}` (not in the session store either)")
+        try:
+            header = cbor2.loads(raw)
+            if not isinstance(header, dict) or header.get("format") != 1 or header.get("id") != session_id:
+                raise ValueError("not a session header of this format")
+            token, ident, error = header["token"], header["identity"], header["error"]
+            intent_j, env_j, opened_at, expires = (header["intent"], header["env"], header["opened_at"],
+                                                   header["expires_at"])
+        except Exception as err:  # noqa: BLE001
+            raise GuardError(f"session `{session_id}` in the session store has a malformed header: {err}") from err
+        now = self.clock()
+        verified = None
+        identity_json = None
+        digest = None
+        err_pair = None if error is None else (str(error[0]), str(error[1]))
+        if self.verifier is not None:
+            if err_pair is None:
+                if token is None:
+                    err_pair = ("identity-missing", "no identity assertion was presented")
+                else:
+                    try:
+                        verified = self.verifier.verify(token, now)
+                        identity_json = verified.to_session_identity()
+                        digest = verified.token_sha256
+                    except IdentityError as e:
+                        err_pair = (e.reason, str(e))
+                    except Exception as e:  # noqa: BLE001
+                        err_pair = ("identity-invalid", f"identity could not be verified: {e}")
+        elif ident is not None:
+            identity_json = dict(ident)
+        receipt_identity = None
+        if identity_json is not None:
+            try:
+                receipt_identity = R.Identity.from_mapping(identity_json, assertion_digest=digest)
+            except (TypeError, ValueError):
+                receipt_identity = None
+        session = self._new_session(session_id, verified, identity_json, receipt_identity, err_pair, intent_j, env_j,
+                                    opened_at, expires)
+        with self._lock:
+            got = self._sessions.get(session_id)
+            if got is not None:
+                return got
+            self._sessions[session_id] = session
+        try:
+            with session.lock:
+                if len(session.log) == 0:
+                    raise GuardError(f"session `{session_id}` is still being opened by another replica")
+                if session.closed:
+                    raise GuardError(f"session `{session_id}` is closed")
+                self.receipts.submit(R.session_start_record(
+                    session_id, identity=receipt_identity, context=session.log.head, policy=self.policy_ref,
+                    note="joined: the session was opened by another replica (session store)")).wait()
+        except BaseException as err:
+            with self._lock:
+                self._sessions.pop(session_id, None)
+            if isinstance(err, GuardError):
+                raise
+            if isinstance(err, Exception):
+                raise GuardError(f"session `{session_id}` could not be joined: {err}") from err
+            raise
+        self._emit(session, "session-start", None)
         return session
+
+    def detach_session(self, session: Session) -> None:
+        """Stop serving a shared session here without closing it (other replicas go on serving it)."""
+        self._own(session)
+        with self._lock:
+            self._sessions.pop(session.id, None)
 
     def close_session(self, session: Session, note: str | None = None) -> None:
         """Cancel what is still pending in the session (receipts say so), then write session-end."""
@@ -527,6 +673,7 @@ class Guard:
             self._sessions.pop(session.id, None)
         if error is not None:
             raise GuardError(f"session-end receipt of `{session.id}` could not be written: {error}")
+        self._emit(session, "session-end", None, message=note)
 
     def close(self) -> None:
         """Stop the sweeper, close every open session (the receipt log stays open: its owner closes it)."""
@@ -535,9 +682,13 @@ class Guard:
         if sweeper is not None and sweeper is not threading.current_thread():
             sweeper.join()
         for session in list(self.sessions.values()):
+            if session.shared:
+                # A replica stopping does not end a session others may be serving.
+                self.detach_session(session)
+                continue
             try:
                 self.close_session(session, note="guard closed")
-            except GuardError:
+            except (GuardError, StoreError):
                 pass
 
     # ---- non-blocking enforcement ------------------------------------------------------------------
@@ -634,11 +785,14 @@ class Guard:
                                       end_ns=max(start, end), output_digest=digest,
                                       error=None if error is None else str(error), action_id=state.action_id,
                                       context=session.log.head)
+            self._carry(session, state)
             pending = self.receipts.submit(record)
             state.outcome_recorded = True
             if has_output and session.context is not None and state.history_index is not None:
                 session.context.attach_output(state.history_index, data)
             session.log.append("output", _ns(now), decision_id, bool(ok), digest)
+            self._emit(session, "outcome", state.decision, decision_id=decision_id, action_id=state.action_id,
+                       tool=state.tool, ok=bool(ok), error=None if error is None else str(error))
             if state.decision.decision in (ALLOW, MODIFY):
                 # Finished: nothing can follow an outcome. (A STEP_UP keeps its state: a second
                 # redemption of its approval must still be told it was used.)
@@ -752,7 +906,10 @@ class Guard:
     def sweep(self) -> None:
         """Time out every pending decision past its deadline, in every session (receipts say so)."""
         for session in list(self.sessions.values()):
-            self._sweep(session)
+            try:
+                self._sweep(session, synced=True)
+            except StoreError:
+                continue
 
     def start_sweeper(self, interval_s: float = 1.0) -> threading.Thread:
         """Sweep in a daemon thread every *interval_s* seconds until `close`: interceptors that answer
@@ -772,14 +929,19 @@ class Guard:
             self._sweeper.start()
             return self._sweeper
 
-    def _sweep(self, session: Session) -> None:
-        if not session.pending:
+    @staticmethod
+    def _due(session: Session, now: float) -> list[_DecisionState]:
+        return [s for s in session.pending.values()
+                if (s.redeem_until is not None and now > s.redeem_until)
+                or (s.redeem_until is None and s.deadline is not None and now >= s.deadline)]
+
+    def _sweep(self, session: Session, synced: bool = False) -> None:
+        # A shared session's cache may not show what other replicas left pending: the sweeper syncs it.
+        if not session.pending and not (session.shared and synced):
             return
         now = self.clock()
         with session.lock:
-            due = [s for s in session.pending.values()
-                   if (s.redeem_until is not None and now > s.redeem_until)
-                   or (s.redeem_until is None and s.deadline is not None and now >= s.deadline)]
+            due = self._due(session, now)
         for state in due:
             try:
                 if state.decision.decision == STEP_UP:
@@ -819,8 +981,20 @@ class Guard:
                 prepared: _Prepared | None = None) -> Submission:
         prepared = prepared if prepared is not None else _Prepared(params)
         try:
-            with session.lock:
-                sub, pendings, state = self._decide_locked(session, tool, prepared, risk)
+            for _ in range(3):
+                with session.lock:
+                    # A shared session may hold pending decisions another replica left past their deadline:
+                    # time them out first, outside the lock (as `submit` does for this replica's own).
+                    if session.shared and self._due(session, self.clock()):
+                        sub = None
+                    else:
+                        sub, pendings, state = self._decide_locked(session, tool, prepared, risk)
+                if sub is not None:
+                    break
+                self._sweep(session, synced=True)
+            else:
+                with session.lock:
+                    sub, pendings, state = self._decide_locked(session, tool, prepared, risk)
         except Exception as err:  # noqa: BLE001 - any internal failure: the action does not run
             return self._internal_failure(session, tool, prepared, err, None)
         return self._complete(session, sub, pendings, state, wait)
@@ -829,6 +1003,7 @@ class Guard:
                        action_id: str | None = None, seq: int | None = None,
                        forced: Decision | None = None, before: Callable[[str], tuple[list, Callable]] | None = None,
                        rounds: int = 0) -> tuple[Submission, list, _DecisionState | None]:
+        started = time.perf_counter_ns()
         now = self.clock()
         did = _new_id("d")
         new_action = action_id is None
@@ -847,7 +1022,10 @@ class Guard:
         if forced is not None:
             d = forced
         else:
-            d, depends = self._judge(session, tool, prepared, risk_j, now, new_action, seq)
+            score = None
+            if self.aligner is not None:
+                risk_j, score = self._align(session, tool, prepared, risk_j, now, new_action, seq, did)
+            d, depends = self._judge(session, tool, prepared, risk_j, now, new_action, seq, score)
         if new_action:
             session.actions += 1
         records: list[R.Record] = []
@@ -859,9 +1037,14 @@ class Guard:
             note = "waits for " + ", ".join(depends)
         records.append(self._decision_record(session, did, action_id, tool, prepared, d, note))
         pendings = [self.receipts.submit(r) for r in records]
+        if session.shared:
+            session.logged.add(did)
         # The receipts are in the log: now the session may change.
         if commit is not None:
             commit()
+        if self._observers:
+            self._emit(session, "decision", d, decision_id=did, action_id=action_id, tool=tool, params=prepared,
+                       latency_ns=time.perf_counter_ns() - started)
         state = _DecisionState(decision_id=did, action_id=action_id, seq=seq, tool=tool, params=prepared.raw,
                                args_hash=ahash, decision=d, risk=risk_j, at=now, depends_on=depends)
         state.rounds = rounds
@@ -897,7 +1080,7 @@ class Guard:
         return sub, pendings, state
 
     def _judge(self, session: Session, tool: str, prepared: _Prepared, risk: Any, now: float, new_action: bool,
-               seq: int) -> tuple[Decision, tuple[str, ...]]:
+               seq: int, score: Decimal | None = None) -> tuple[Decision, tuple[str, ...]]:
         """The decision for one action: the runtime's preconditions, then the engine, then dependencies."""
         if self.engine is None:
             return _runtime(DENY, "policy-unavailable", f"no policy: {self.policy_error}", tool), ()
@@ -922,6 +1105,8 @@ class Guard:
         ctx = session.context
         assert ctx is not None  # there is an engine
         ctx.now = now
+        base = ctx.base_intent
+        ctx.intent = base if score is None or base is None else {**base, "score": score}
         if risk is None:
             ctx.risk = None
             ctx.invalid, ctx.failure = session.base_invalid, session.base_failure
@@ -948,6 +1133,32 @@ class Guard:
                         "an earlier action of this session is pending: " + ", ".join(f"`{e}`" for e in earlier),
                         real, wrapper=d.wrapper,
                         timeout_s=math.ceil(cap if cap is not None else DEFAULT_TIMEOUT_S)), earlier
+
+    def _align(self, session: Session, tool: str, prepared: _Prepared, risk: Any, now: float, new_action: bool,
+               seq: int, did: str) -> tuple[Any, Decimal | None]:
+        """The aligner's verdict on this action: ``intent.score`` for the decision, and ``risk.drift`` unless
+        the caller supplied one. A new action is assessed once (its verdict is a fact of the session, in the
+        context log); deciding it again reuses that verdict."""
+        if self.engine is None or prepared.error is not None or (risk is not None and not isinstance(risk, Mapping)):
+            return risk, None
+        if new_action:
+            got = self.aligner.assess(session.intent, tool, prepared.value, _View(session.alignments))
+            if got is not None:
+                for what in ("score", "drift"):
+                    v = getattr(got, what, None)
+                    if not isinstance(v, Decimal) or not v.is_finite() or not 0 <= v <= 1:
+                        raise ValueError(f"the aligner's {what} must be a Decimal in [0, 1], got `{v!r}`")
+                session.add_alignment(seq, got)
+                session.log.append("aligned", _ns(now), did, seq, str(got.score), str(got.drift))
+        else:
+            got = session.alignment_of.get(seq)
+        if got is None:
+            return risk, None
+        if risk is None:
+            risk = {"drift": got.drift}
+        elif "drift" not in risk:
+            risk = {**risk, "drift": got.drift}
+        return risk, got.score
 
     def _check_risk(self, ctx: GuardContext, risk: Mapping[str, Any]) -> tuple[Any, Any, Any]:
         """Risk signals validated as the engine's context does (callers send the same few again and again)."""
@@ -1089,9 +1300,11 @@ class Guard:
 
     def _internal_failure(self, session: Session, tool: str, prepared: _Prepared, err: BaseException,
                           action_id: str | None) -> Submission:
+        did = _new_id("d")
+        if isinstance(err, StoreError):
+            return self._store_failure(session, tool, prepared, err, action_id, did)
         message = f"internal error: {type(err).__name__}: {err}"
         d = _runtime(DENY, "internal-error", message, tool if isinstance(tool, str) else "")
-        did = _new_id("d")
         receipt = None
         try:
             with session.lock:
@@ -1105,10 +1318,14 @@ class Guard:
                     pending = self.receipts.submit(record)
                     session.log.append("decision", _ns(time.time()), did, record.action_id, tool, prepared.digest,
                                        DENY, "internal-error")
+                    self._emit(session, "decision", d, decision_id=did, action_id=record.action_id, tool=tool,
+                               params=prepared)
                 else:
                     pending = None
             if pending is not None:
                 receipt = pending.wait()
+        except StoreError as second:
+            return self._store_failure(session, tool, prepared, second, action_id, did)
         except Exception as second:  # noqa: BLE001 - the log is down too: deny without a receipt
             d = _runtime(DENY, "internal-error", f"{message}; and no receipt could be written: {second}",
                          tool if isinstance(tool, str) else "")
@@ -1116,6 +1333,28 @@ class Guard:
                                                                            prepared.digest),
                           status=DENY, action_id=action_id or "", session_id=session.id, error=Denied(d, did),
                           receipt=receipt)
+
+    def _store_failure(self, session: Session, tool: str, prepared: _Prepared, err: StoreError,
+                       action_id: str | None, did: str) -> Submission:
+        """The shared session store failed: DENY, with a receipt in this replica's own log. The session's
+        context cannot take the decision (the store is where it lives), so the receipt names the context
+        head this replica last knew."""
+        name = tool if isinstance(tool, str) else ""
+        d = _runtime(DENY, "session-store-unavailable", f"session store: {err}", name)
+        receipt = None
+        try:
+            record = R.Record(kind=R.Kind.DECISION, session=session.id, action_id=action_id or _new_id("a"),
+                              decision_id=did, action=R.Action(tool=name, params_digest=prepared.digest),
+                              decision=R.DecisionInfo(effect=DENY, reason=d.reason, message=d.message),
+                              policy=self.policy_ref, identity=session.identity_receipt, context=session.log.head)
+            receipt = self.receipts.submit(record).wait()
+            self._emit(session, "decision", d, decision_id=did, action_id=record.action_id, tool=name,
+                       params=prepared)
+        except Exception as second:  # noqa: BLE001 - the log is down too: deny without a receipt
+            d = _runtime(DENY, "session-store-unavailable", f"session store: {err}; and no receipt could be "
+                                                            f"written: {second}", name)
+        return Submission(decision=d, decision_id=did, args_hash=args_hash(name, prepared.digest), status=DENY,
+                          action_id=action_id or "", session_id=session.id, error=Denied(d, did), receipt=receipt)
 
     # ---- STEP_UP ------------------------------------------------------------------------------------
 
@@ -1154,11 +1393,15 @@ class Guard:
             record = R.approval_record(session=session.id, ref=state.decision_id, approver=answer.approver,
                                        verdict=answer.verdict, action_id=state.action_id, context=session.log.head,
                                        note=answer.reason)
+            self._carry(session, state)
             self.receipts.submit(record).wait()
             state.approval = answer
             state.approval_recorded = True
             now = self.clock()
             session.log.append("approval", _ns(now), state.decision_id, answer.verdict, answer.approver)
+            self._emit(session, "approval", state.decision, decision_id=state.decision_id, action_id=state.action_id,
+                       tool=state.tool, verdict=answer.verdict, approver=answer.approver,
+                       message=answer.reason)
             if answer.verdict == APPROVED:
                 state.redeem_until = max(state.deadline or now, now + self.redeem_window_s)
             else:
@@ -1263,9 +1506,12 @@ class Guard:
                 return
             record = R.resolution_record(session=session.id, ref=state.decision_id, verdict=verdict, approver=by,
                                          action_id=state.action_id, context=session.log.head, note=note)
+            self._carry(session, state)
             self.receipts.submit(record).wait()
             state.resolution = verdict
             session.log.append("resolution", _ns(self.clock()), state.decision_id, verdict, None)
+            self._emit(session, "resolution", state.decision, decision_id=state.decision_id,
+                       action_id=state.action_id, tool=state.tool, verdict=verdict, approver=by, message=note)
             self._finalize(session, state)
         if notify_service:
             try:
@@ -1289,6 +1535,10 @@ class Guard:
                                                          d0.tool or state.tool))
         now = self.clock()
         try:
+            if session.shared and self.deferrals.get(state.decision_id) is None:
+                # Deferred by another replica: this one takes it up (its resolvers, its waiters).
+                state.request = state.request or self._deferral_request(session, state)
+                self.deferrals.request(state.request)
             update, denial = self.deferrals.take(state.decision_id)
         except Exception as err:  # noqa: BLE001 - the deferral service is down
             return self._service_down(session, state, err)
@@ -1356,6 +1606,7 @@ class Guard:
         note = "dependencies finished" if update is None else "context added"
 
         def before(new_id: str) -> tuple[list, Callable]:
+            self._carry(session, state)
             record = R.resolution_record(session=session.id, ref=state.decision_id, verdict="resolved",
                                          next_decision=new_id, approver=by, action_id=state.action_id,
                                          context=session.log.head, note=note)
@@ -1365,6 +1616,9 @@ class Guard:
                 state.resolution = "resolved"
                 state.next_decision = new_id
                 session.log.append("resolution", _ns(now), state.decision_id, "resolved", new_id)
+                self._emit(session, "resolution", state.decision, decision_id=state.decision_id,
+                           action_id=state.action_id, tool=state.tool, verdict="resolved", approver=by, message=note,
+                           next_decision=new_id)
                 self._finalize(session, state)
             return [record], commit
 
@@ -1386,9 +1640,91 @@ class Guard:
             except Exception:  # noqa: BLE001, S110 - waiters also poll
                 pass
 
+    def _emit(self, session: Session, kind: str, d: Decision | None, *, decision_id: str | None = None,
+              action_id: str | None = None, tool: str | None = None, params: Any = None,
+              latency_ns: int | None = None, **more: Any) -> None:
+        """Hand one `GuardEvent` to every observer; what they raise is counted, never propagated."""
+        if not self._observers:
+            return
+        try:
+            real = tool
+            wrapper = None
+            shown = None
+            modified = None
+            if d is not None:
+                real = d.tool or tool
+                wrapper = d.wrapper
+                if d.decision == MODIFY:
+                    modified = d.params
+            if isinstance(params, _Prepared) and params.error is None:
+                shown = params.value
+                if wrapper is not None:
+                    shown = self._unwrap(tool, shown)
+            ref = self.policy_ref
+            event = GuardEvent(
+                kind=kind, time_ns=time.time_ns(), session_id=session.id, decision_id=decision_id,
+                action_id=action_id, tool=real, wrapper=wrapper,
+                decision=None if d is None else d.decision, reason=None if d is None else d.reason,
+                rules=() if d is None else d.rules, message=more.pop("message", None if d is None else d.message),
+                identity=session.identity_json, params=shown,
+                sensitive=self._sensitive_names.get(real, ()) if real is not None else (),
+                modified_params=modified, latency_ns=latency_ns,
+                policy=None if ref is None else (ref.policy, ref.version, ref.digest.hex()),
+                context=session.log.head, **more)
+        except Exception:  # noqa: BLE001 - telemetry must never stop a decision
+            self.observer_errors += 1
+            return
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:  # noqa: BLE001
+                self.observer_errors += 1
+
+    def _carry(self, session: Session, state: _DecisionState) -> None:
+        """Before a follow-up (approval, resolution, outcome) of a decision another replica made, put a copy
+        of that decision in this replica's log, so that the follow-up's `ref` points back within the log.
+
+        The copy is the decision as the shared session holds it (same id, action, effect, rules, reason),
+        with the context this replica has now and a note saying it was carried over.
+        """
+        if not session.shared or state.decision_id in session.logged:
+            return
+        prepared = _Prepared(state.params)
+        record = self._decision_record(session, state.decision_id, state.action_id, state.tool, prepared,
+                                       state.decision, "carried over: decided by another replica of this "
+                                                       "session; this log records what followed")
+        self.receipts.submit(record)
+        session.logged.add(state.decision_id)
+
+    def _unwrap(self, tool: str, params: Any) -> Any:
+        """A meta-tool call's params for the real tool inside it (None if they do not have that shape)."""
+        name, p = tool, params
+        try:
+            while name in self._wraps:
+                name_param, args_param = self._wraps[name]
+                name, p = p[name_param], p[args_param]
+        except (KeyError, TypeError, IndexError):
+            return None
+        return p
+
     def _own(self, session: Session) -> None:
         if not isinstance(session, Session):
             raise TypeError(f"expected a `Session` from `open_session`, got `{type(session).__name__}`")
+
+
+class _View(Sequence):
+    """A read-only view of a list (the aligner's `prior`): no copy per decision, however long the session."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._items[index]
 
 
 def _attach(service: Any, listener: Callable, **options: Any) -> None:
