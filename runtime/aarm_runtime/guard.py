@@ -37,6 +37,7 @@ import cbor2
 
 from aarm_runtime import receipts as R
 from aarm_runtime import values
+from aarm_runtime.aligner import Alignment
 from aarm_runtime.approvals import (
     APPROVED,
     CANCELLED,
@@ -1045,8 +1046,8 @@ class Guard:
         if self._observers:
             self._emit(session, "decision", d, decision_id=did, action_id=action_id, tool=tool, params=prepared,
                        latency_ns=time.perf_counter_ns() - started)
-        state = _DecisionState(decision_id=did, action_id=action_id, seq=seq, tool=tool, params=prepared.raw,
-                               args_hash=ahash, decision=d, risk=risk_j, at=now, depends_on=depends)
+        state = session.new_state(decision_id=did, action_id=action_id, seq=seq, tool=tool, params=prepared.raw,
+                                  args_hash=ahash, decision=d, risk=risk_j, at=now, depends_on=depends)
         state.rounds = rounds
         if d.decision == DENY:
             # Nothing will follow a DENY: keep its id only, so a long session does not hold every params.
@@ -1144,10 +1145,9 @@ class Guard:
         if new_action:
             got = self.aligner.assess(session.intent, tool, prepared.value, _View(session.alignments))
             if got is not None:
-                for what in ("score", "drift"):
-                    v = getattr(got, what, None)
-                    if not isinstance(v, Decimal) or not v.is_finite() or not 0 <= v <= 1:
-                        raise ValueError(f"the aligner's {what} must be a Decimal in [0, 1], got `{v!r}`")
+                # Re-made as an `Alignment`, which refuses anything but Decimals in [0, 1] with at most four
+                # places: exactly what replicas replay from the session's events.
+                got = Alignment(score=getattr(got, "score", None), drift=getattr(got, "drift", None))
                 session.add_alignment(seq, got)
                 session.log.append("aligned", _ns(now), did, seq, str(got.score), str(got.drift))
         else:
