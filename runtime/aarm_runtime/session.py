@@ -230,6 +230,18 @@ class _DecisionState:
     request: Any = None
 
 
+class _SharedDecisionState(_DecisionState):
+    """A decision state of a shared session: every change marks it for the next commit."""
+
+    __slots__ = ("_dirty",)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        dirty = getattr(self, "_dirty", None)
+        if dirty is not None:
+            dirty.add(self.decision_id)
+
+
 class _Finished(dict):
     """`Session.finished`: decision id -> how it ended; with a store, each new entry is an event."""
 
@@ -278,6 +290,7 @@ class Session:
         "expires_at", "closed", "broken", "actions", "context", "base_invalid", "base_failure", "log", "lock",
         "decisions", "pending", "finished", "alignments", "alignment_of", "_declarations", "_store", "_applied",
         "_version", "_state_blob", "_journal", "_token", "_lease_s", "_wait_s", "_stale", "_opened", "logged",
+        "_dirty", "_committed_ids",
         "__weakref__",
     )
 
@@ -330,6 +343,18 @@ class Session:
         self._journal: list[tuple] | None = None
         self._token: str | None = None
         self._stale = False
+        # Shared sessions: ids of decision states changed since the last commit, and those the store has.
+        self._dirty: set[str] = set()
+        self._committed_ids: set[str] = set()
+
+    def new_state(self, **fields: Any) -> _DecisionState:
+        """A decision state for this session (for a shared one, its changes are tracked for the store)."""
+        if self._store is None:
+            return _DecisionState(**fields)
+        state = _SharedDecisionState(**fields)
+        object.__setattr__(state, "_dirty", self._dirty)
+        self._dirty.add(state.decision_id)
+        return state
 
     @property
     def shared(self) -> bool:
@@ -413,6 +438,8 @@ class Session:
             if view.state is not None:
                 self._apply_state(view.state)
             self._version = view.version
+            self._dirty.clear()
+            self._committed_ids = set(self.decisions)
         except Exception as err:
             self._stale = True
             self._release_quietly()
@@ -433,6 +460,13 @@ class Session:
             return
         try:
             events = [cbor2.dumps(list(e)) for e in journal or ()]
+            current = self.decisions
+            for did in sorted(self._dirty):
+                state = current.get(did)
+                if state is not None:
+                    events.append(cbor2.dumps(["st", _encode_decision_state(state)]))
+            for did in sorted(self._committed_ids - current.keys()):
+                events.append(cbor2.dumps(["drop", did]))
             blob = self._encode_state()
             if not events and blob == self._state_blob:
                 self._store.release(self.id, token)
@@ -451,6 +485,8 @@ class Session:
         self._applied += len(events)
         self._state_blob = blob
         self._version = version
+        self._dirty.clear()
+        self._committed_ids = set(self.decisions)
 
     def _release_quietly(self, token: str | None = None) -> None:
         token = token or self._token
@@ -488,6 +524,21 @@ class Session:
                 self.context.attach_output(event[1], event[2])
         elif kind == "fin":
             dict.__setitem__(self.finished, event[1], event[2])
+        elif kind == "st":
+            raw_state = event[1]
+            did = raw_state[0]
+            got = self.decisions.get(did)
+            state = _decode_decision_state(raw_state, got)
+            if got is None:
+                object.__setattr__(state, "_dirty", self._dirty)
+                self.decisions[did] = state
+        elif kind == "drop":
+            gone = self.decisions.pop(event[1], None)
+            if gone is not None:
+                # Whoever still holds it must not act on it: another replica finished it.
+                gone.used = True
+                if gone.revoked is None:
+                    gone.revoked = "finished by another replica"
         elif kind == "align":
             from aarm_runtime.aligner import Alignment
 
@@ -499,36 +550,28 @@ class Session:
         self._applied += 1
 
     def _encode_state(self) -> bytes:
-        states = [_encode_decision_state(s) for s in self.decisions.values()]
-        return cbor2.dumps([STATE_FORMAT, self.actions, self.closed, self.broken, self.intent, self.env, states,
-                            list(self.pending)], canonical=True)
+        # The decision states travel as events when they change (`st`, `drop`); the blob is what is left:
+        # small, so that a commit costs the same in a long session as in a short one.
+        return cbor2.dumps([STATE_FORMAT, self.actions, self.closed, self.broken, self.intent, self.env,
+                            list(self.decisions), list(self.pending)], canonical=True)
 
     def _apply_state(self, blob: bytes) -> None:
-        fmt, actions, closed, broken, intent, env, states, pending = cbor2.loads(blob)
+        fmt, actions, closed, broken, intent, env, order, pending = cbor2.loads(blob)
         if fmt != STATE_FORMAT:
             raise ValueError(f"session state format {fmt!r} is not {STATE_FORMAT!r}")
         self.actions, self.closed, self.broken = actions, closed, broken
         if intent != self.intent or env != self.env:
             self.intent, self.env = intent, env
             self._sections_changed()
-        seen = {}
-        for raw in states:
-            did = raw[0]
-            state = self.decisions.get(did)
-            # Updated in place: the guard may hold this object across two locked sections.
-            state = _decode_decision_state(raw, state)
-            seen[did] = state
-        for did, state in self.decisions.items():
-            if did not in seen:
-                state.used = True
-                if state.revoked is None:
-                    state.revoked = "finished by another replica"
-        self.decisions = seen
-        self.pending = {did: seen[did] for did in pending}
+        if set(order) != self.decisions.keys():
+            raise ValueError("the session's decision states and its events disagree")
+        # The order decisions were made in (dict order), as the replica that committed had it.
+        self.decisions = {did: self.decisions[did] for did in order}
+        self.pending = {did: self.decisions[did] for did in pending}
         self._state_blob = blob
 
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(_DecisionState) if f.name not in ("decision", "approval",
                                                                                               "request"))
@@ -558,12 +601,12 @@ def _decode_decision_state(raw: list[Any], into: _DecisionState | None) -> _Deci
                  tool=decision[8], wrapper=decision[9])
     answer = None if approval is None else ApprovalAnswer(*approval)
     if into is None:
-        return _DecisionState(decision=d, approval=answer, **fields)
+        return _SharedDecisionState(decision=d, approval=answer, **fields)
     for name, value in fields.items():
-        setattr(into, name, value)
+        object.__setattr__(into, name, value)
     if into.decision != d:
-        into.decision = d
-    into.approval = answer
+        object.__setattr__(into, "decision", d)
+    object.__setattr__(into, "approval", answer)
     return into
 
 
