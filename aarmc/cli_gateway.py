@@ -69,6 +69,26 @@ def _approvals_option(fn: Callable) -> Callable:
         help=f"The approvals database (SQLite) the gateway shares with `aarmc approve`; also ${APPROVALS_ENV}.")(fn)
 
 
+def telemetry_options(fn: Callable) -> Callable:
+    """`--ocsf`, `--otel`, `--telemetry-decision`, `--telemetry-principal` (also used by `aarmc serve`)."""
+    from aarm_runtime.decision import DECISIONS
+
+    for option in reversed((
+        click.option("--ocsf", "telemetry_ocsf", metavar="FILE",
+                     help="Append guard events (decisions, approvals, outcomes, sessions) to FILE as OCSF JSON "
+                          "lines, sensitive params redacted (docs/telemetry.md)."),
+        click.option("--otel", "telemetry_otel", is_flag=True,
+                     help="Export guard events as OpenTelemetry spans over OTLP/HTTP; the OTEL_EXPORTER_OTLP_* "
+                          "variables choose the endpoint (needs the otel extra)."),
+        click.option("--telemetry-decision", "telemetry_decisions", multiple=True, type=click.Choice(DECISIONS),
+                     help="Export only the events of this decision (repeatable; default: all)."),
+        click.option("--telemetry-principal", "telemetry_principals", multiple=True, metavar="PRINCIPAL",
+                     help="Export only the events of this principal's sessions (repeatable; default: all)."),
+    )):
+        fn = option(fn)
+    return fn
+
+
 # ---- aarmc gateway -----------------------------------------------------------------------
 
 
@@ -130,13 +150,15 @@ def _env_value(text: str) -> tuple[str, Any]:
               help="Refuse tool calls whose arguments are larger (as JSON).")
 @click.option("--session-ttl", type=click.IntRange(min=0), default=3600, show_default=True, metavar="SECONDS",
               help="Deny every call of a client session older than this (0: no limit).")
+@telemetry_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND...")
 @_guarded
 def gateway(policy: str, policy_keys: tuple[str, ...], receipt_key: str, receipts: str, approvals: str,
             identity: str | None, identity_issuers: tuple[str, ...], revocations: str | None, audience: str | None,
             unsafe_no_identity: bool, intent_text: str | None, intent_entities: tuple[str, ...], env: tuple[str, ...],
             prefix: str | None, listen: str | None, max_argument_bytes: int, session_ttl: int,
-            command: tuple[str, ...]) -> None:
+            command: tuple[str, ...], telemetry_ocsf: str | None = None, telemetry_otel: bool = False,
+            telemetry_decisions: tuple[str, ...] = (), telemetry_principals: tuple[str, ...] = ()) -> None:
     """Run an MCP server behind the policy: every tool call is decided, DENY never reaches it.
 
     Serves one MCP client over stdio (or many over streamable HTTP with
@@ -167,6 +189,8 @@ def gateway(policy: str, policy_keys: tuple[str, ...], receipt_key: str, receipt
         unsafe_no_identity=unsafe_no_identity, intent_text=intent_text, intent_entities=tuple(intent_entities),
         env=dict(_env_value(e) for e in env), prefix=prefix, listen=listen_at,
         max_argument_bytes=max_argument_bytes, session_ttl_s=session_ttl or None,
+        ocsf=Path(telemetry_ocsf) if telemetry_ocsf else None, otel=telemetry_otel,
+        telemetry_decisions=tuple(telemetry_decisions), telemetry_principals=tuple(telemetry_principals),
     )
     if receipts.endswith(os.sep):
         # A trailing separator names a directory (a new log per run) even before it exists.

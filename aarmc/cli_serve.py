@@ -20,6 +20,8 @@ from typing import Any, NoReturn
 
 import click
 
+from aarmc.cli_gateway import telemetry_options
+
 DEFAULT_LISTEN = "127.0.0.1:8181"
 EXIT_OK = 0
 
@@ -168,13 +170,15 @@ def _open_log(path: Path, key: Any, fsync: str) -> tuple[Any, str]:
 @click.option("--unsafe-unsigned", is_flag=True, help="Development only: load an unsigned policy artifact.")
 @click.option("--print-openapi", is_flag=True, is_eager=True, expose_value=False, callback=_print_openapi,
               help="Print the OpenAPI 3.1 description and exit.")
+@telemetry_options
 @_guarded
 def serve(policy: str, key_paths: tuple[str, ...], receipts: str, receipt_key: str, issuers: tuple[str, ...],
           revocations: str | None, audience: str | None, listen: str, approvals_db: str | None,
           approval_token_file: str | None, fsync: str,
           approval_timeout: float | None, deferral_timeout: float | None, max_body_bytes: int,
           include_params: bool, close_receipts_on_exit: bool, unsafe_no_identity: bool,
-          unsafe_unsigned: bool) -> None:
+          unsafe_unsigned: bool, telemetry_ocsf: str | None = None, telemetry_otel: bool = False,
+          telemetry_decisions: tuple[str, ...] = (), telemetry_principals: tuple[str, ...] = ()) -> None:
     """Serve the HTTP decision API: sessions, decide, outcome, approvals, health, metrics.
 
     Every decision is written to the receipt log before it is answered; an
@@ -239,6 +243,14 @@ def serve(policy: str, key_paths: tuple[str, ...], receipts: str, receipt_key: s
     except (keys.KeyFileError, keys.InvalidKeyError, OSError) as err:
         fail(f"receipt key `{receipt_key}`: {err}")
 
+    from aarm_runtime.telemetry import TelemetryError, from_options
+
+    try:
+        telemetry = from_options(ocsf=telemetry_ocsf, otel=telemetry_otel, decisions=telemetry_decisions,
+                                 principals=telemetry_principals, service_name="aarmc-serve")
+    except TelemetryError as err:
+        fail(str(err))
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must say TCP: asyncio sets TCP_NODELAY only on sockets that do, and without it every response
     # (headers and body written apart) waits for the client's delayed ACK, 40 ms per request.
@@ -268,8 +280,9 @@ def serve(policy: str, key_paths: tuple[str, ...], receipts: str, receipt_key: s
     guard = Guard(engine, receipts=log, identity_verifier=verifier, unsafe_no_identity=unsafe_no_identity,
                   approvals=approvals,
                   approval_timeout_s=approval_timeout, deferral_timeout_s=deferral_timeout,
-                  include_params=include_params, name="aarmc-serve")
-    app = create_app(guard, max_body_bytes=max_body_bytes, approval_token=token)
+                  include_params=include_params, name="aarmc-serve",
+                  observers=() if telemetry is None else (telemetry,))
+    app = create_app(guard, max_body_bytes=max_body_bytes, approval_token=token, telemetry=telemetry)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False,
                             proxy_headers=False, timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
@@ -300,6 +313,8 @@ def serve(policy: str, key_paths: tuple[str, ...], receipts: str, receipt_key: s
     finally:
         sock.close()
         guard.close()
+        if telemetry is not None:
+            telemetry.close()  # after guard.close(): exports the session-end events too
         if approvals is not None:
             approvals.close()
         try:

@@ -76,9 +76,11 @@ def setup(venv: Path) -> tuple[Path, list[str]]:
                     warnings.append(f"could not install `{req}`; its engine is listed as unavailable")
     else:
         warnings.append(f"no peer harness at `{peers_dir()}`: peers are not measured")
-    if _installed(py, "aarmc") is None or _installed(py, "aarm-runtime") is None:
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "-e", str(REPO / "runtime"), "-e", str(REPO)],
-                       check=True)
+    if any(_installed(py, name) is None for name in ("aarmc", "aarm-runtime", "redis", "opentelemetry-sdk")):
+        # The runtime's redis and otel extras: bench_store.py measures the Redis session store, and the
+        # telemetry overhead is measured with the OpenTelemetry SDK.
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "-e", f"{REPO / 'runtime'}[redis,otel]", "-e",
+                        str(REPO)], check=True)
     return py, warnings
 
 
@@ -105,7 +107,8 @@ def versions(py: Path) -> dict[str, str]:
     out = {"python": subprocess.run([str(py), "-c", "import platform; print(platform.python_version(), "
                                      "platform.python_implementation())"], capture_output=True, text=True,
                                     check=False).stdout.strip()}
-    for name in ("aarmc", "aarm-runtime", "cbor2", "PyNaCl", "z3-solver", "cedarpy", "pycasbin", "regopy"):
+    for name in ("aarmc", "aarm-runtime", "cbor2", "PyNaCl", "z3-solver", "redis", "opentelemetry-sdk", "cedarpy",
+                 "pycasbin", "regopy"):
         v = _installed(py, name)
         if v:
             out[name] = v

@@ -62,6 +62,11 @@ class GatewayOptions:
     call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S
     max_pending_per_session: int = 4
     session_ttl_s: float | None = 3600
+    # Telemetry (docs/telemetry.md): OCSF JSON lines, OTLP spans, and what to export.
+    ocsf: Path | None = None
+    otel: bool = False
+    telemetry_decisions: tuple[str, ...] = ()
+    telemetry_principals: tuple[str, ...] = ()
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -193,7 +198,14 @@ async def open_gateway(options: GatewayOptions, *, errlog: TextIO | None = None)
         raise GatewayStartError("no MCP server command: put it after `--`")
     engine = _load_engine(options)
     verifier, token = _identity(options)
-    receipts = _open_receipts(options)
+    # Before the receipt log: a refusal here must not leave a closed log behind.
+    telemetry = _telemetry(options)
+    try:
+        receipts = _open_receipts(options)
+    except BaseException:
+        if telemetry is not None:
+            telemetry.close()
+        raise
     approvals = None
     try:
         try:
@@ -202,7 +214,8 @@ async def open_gateway(options: GatewayOptions, *, errlog: TextIO | None = None)
             raise GatewayStartError(f"cannot open approvals database `{options.approvals}`: {err}") from None
         guard = Guard(engine, receipts=receipts, identity_verifier=verifier, approvals=approvals,
                       unsafe_no_identity=options.unsafe_no_identity,
-                      max_pending_per_session=options.max_pending_per_session, session_ttl_s=options.session_ttl_s)
+                      max_pending_per_session=options.max_pending_per_session, session_ttl_s=options.session_ttl_s,
+                      observers=() if telemetry is None else (telemetry,))
         intent = _intent(options)
         env = dict(options.env) or None
 
@@ -235,6 +248,7 @@ async def open_gateway(options: GatewayOptions, *, errlog: TextIO | None = None)
                                   max_argument_bytes=options.max_argument_bytes, call_timeout_s=options.call_timeout_s,
                                   approve_hint=f"aarmc approve --approvals {options.approvals}")
                 gateway.receipts_path = receipts.path
+                gateway.telemetry = telemetry
                 try:
                     await gateway.refresh_tools()
                 except Exception as err:  # noqa: BLE001
@@ -255,6 +269,19 @@ async def open_gateway(options: GatewayOptions, *, errlog: TextIO | None = None)
             if approvals is not None:
                 approvals.close()
             _close_receipts(receipts)
+            if telemetry is not None:
+                # After guard.close(): the session-end events are queued; this exports them.
+                await anyio.to_thread.run_sync(telemetry.close)
+
+
+def _telemetry(options: GatewayOptions) -> Any:
+    from aarm_runtime.telemetry import TelemetryError, from_options
+
+    try:
+        return from_options(ocsf=options.ocsf, otel=options.otel, decisions=options.telemetry_decisions,
+                            principals=options.telemetry_principals, service_name="aarmc-gateway")
+    except TelemetryError as err:
+        raise GatewayStartError(str(err)) from None
 
 
 def _start_error(group: BaseExceptionGroup) -> GatewayStartError | None:

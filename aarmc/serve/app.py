@@ -103,6 +103,7 @@ class _State:
         self.max_sessions = max_sessions
         self.log_failure: str | None = None
         self.lock = threading.Lock()
+        self.telemetry: Any = None
 
     def log_failed(self, message: str) -> None:
         # A receipt log refuses every append after its first write or sync error,
@@ -116,13 +117,15 @@ Handler = Callable[[Request, _State], Awaitable[Response]]
 
 
 def create_app(guard: Guard, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, approval_token: str | None = None,
-               max_sessions: int = DEFAULT_MAX_SESSIONS, metrics: Metrics | None = None) -> Starlette:
+               max_sessions: int = DEFAULT_MAX_SESSIONS, metrics: Metrics | None = None,
+               telemetry: Any = None) -> Starlette:
     """The ASGI application serving *guard*.
 
     *approval_token*: when set, approving, rejecting and resolving need
     ``Authorization: Bearer <token>`` — the agent's interceptor can then
     ask for a step-up but not grant it. *max_sessions* bounds the open
-    sessions (each holds its context in memory).
+    sessions (each holds its context in memory). *telemetry*: the guard's
+    `aarm_runtime.telemetry.Telemetry` observer, whose counts /metrics shows.
     """
     if not isinstance(guard, Guard):
         raise TypeError(f"expected a `Guard`, got `{type(guard).__name__}`")
@@ -131,6 +134,7 @@ def create_app(guard: Guard, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, ap
     if approval_token is not None and (not isinstance(approval_token, str) or len(approval_token) < 16):
         raise ValueError("the approval token must be a string of at least 16 characters")
     state = _State(guard, metrics or Metrics(), max_body_bytes, approval_token, max_sessions)
+    state.telemetry = telemetry
 
     def route(path: str, handler: Handler, methods: list[str]) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -546,8 +550,14 @@ def _pending_count(guard: Guard) -> int:
 
 async def _metrics(request: Request, state: _State) -> Response:
     pending = await run_in_threadpool(_pending_count, state.guard)
-    return PlainTextResponse(state.metrics.render(pending=pending),
-                             media_type="text/plain; version=0.0.4; charset=utf-8")
+    text = state.metrics.render(pending=pending)
+    if state.telemetry is not None:
+        stats = state.telemetry.stats()
+        text += ("# HELP aarm_telemetry_events_total Guard events by what telemetry did with them "
+                 "(exported and failed count once per exporter).\n# TYPE aarm_telemetry_events_total counter\n"
+                 + "".join(f'aarm_telemetry_events_total{{result="{k}"}} {stats[k]}\n'
+                           for k in ("exported", "failed", "dropped", "filtered")))
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def _openapi(request: Request, state: _State) -> Response:
