@@ -24,6 +24,8 @@ from typing import Any, NoReturn
 
 import click
 
+from aarm_runtime.stores import is_redis_url, open_approvals, store_kind
+
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 DEFAULT_APPROVALS = "aarm-approvals.db"
 DEFAULT_RECEIPTS = "aarm-receipts/"
@@ -66,7 +68,8 @@ def _guarded(fn: Callable) -> Callable:
 def _approvals_option(fn: Callable) -> Callable:
     return click.option(
         "--approvals", "approvals", metavar="DB", envvar=APPROVALS_ENV, default=DEFAULT_APPROVALS, show_default=True,
-        help=f"The approvals database (SQLite) the gateway shares with `aarmc approve`; also ${APPROVALS_ENV}.")(fn)
+        help=f"The approvals the gateway shares with `aarmc approve`: a SQLite database, or a `redis://` URL "
+             f"for replicas on several hosts; also ${APPROVALS_ENV}.")(fn)
 
 
 def telemetry_options(fn: Callable) -> Callable:
@@ -151,6 +154,15 @@ def _env_value(text: str) -> tuple[str, Any]:
 @click.option("--session-ttl", type=click.IntRange(min=0), default=3600, show_default=True, metavar="SECONDS",
               help="Deny every call of a client session older than this (0: no limit).")
 @telemetry_options
+@click.option("--session-store", metavar="STORE",
+              help="Keep sessions in a store several gateway replicas share: `sqlite:PATH` (one host) or a "
+                   "`redis://HOST:PORT/DB` URL (docs/runtime.md §13).")
+@click.option("--session-id", metavar="ID",
+              help="Serve this one session for every client: the first replica opens it, the others join it "
+                   "(with --session-store).")
+@click.option("--aligner", type=click.Choice(["overlap", "none"]), default="overlap", show_default=True,
+              help="Score each action against the intent (`intent.score`) and the session's drift "
+                   "(`risk.drift`) for drift rules (docs/aligner.md); `none` leaves both absent.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND...")
 @_guarded
 def gateway(policy: str, policy_keys: tuple[str, ...], receipt_key: str, receipts: str, approvals: str,
@@ -158,7 +170,8 @@ def gateway(policy: str, policy_keys: tuple[str, ...], receipt_key: str, receipt
             unsafe_no_identity: bool, intent_text: str | None, intent_entities: tuple[str, ...], env: tuple[str, ...],
             prefix: str | None, listen: str | None, max_argument_bytes: int, session_ttl: int,
             command: tuple[str, ...], telemetry_ocsf: str | None = None, telemetry_otel: bool = False,
-            telemetry_decisions: tuple[str, ...] = (), telemetry_principals: tuple[str, ...] = ()) -> None:
+            telemetry_decisions: tuple[str, ...] = (), telemetry_principals: tuple[str, ...] = (),
+            session_store: str | None = None, session_id: str | None = None, aligner: str = "overlap") -> None:
     """Run an MCP server behind the policy: every tool call is decided, DENY never reaches it.
 
     Serves one MCP client over stdio (or many over streamable HTTP with
@@ -182,7 +195,8 @@ def gateway(policy: str, policy_keys: tuple[str, ...], receipt_key: str, receipt
         _fail(str(err), help="for example --listen 127.0.0.1:8765")
     options = GatewayOptions(
         policy=Path(policy), policy_keys=tuple(Path(k) for k in policy_keys), command=tuple(command),
-        receipts=Path(receipts), receipt_key=Path(receipt_key), approvals=Path(approvals),
+        receipts=Path(receipts), receipt_key=Path(receipt_key),
+        approvals=approvals if is_redis_url(approvals) else Path(approvals),
         identity=Path(identity) if identity else None,
         identity_issuers=tuple(_issuer(i) for i in identity_issuers),
         revocations=Path(revocations) if revocations else None, audience=audience,
@@ -191,7 +205,13 @@ def gateway(policy: str, policy_keys: tuple[str, ...], receipt_key: str, receipt
         max_argument_bytes=max_argument_bytes, session_ttl_s=session_ttl or None,
         ocsf=Path(telemetry_ocsf) if telemetry_ocsf else None, otel=telemetry_otel,
         telemetry_decisions=tuple(telemetry_decisions), telemetry_principals=tuple(telemetry_principals),
+        session_store=session_store, session_id=session_id, aligner=aligner,
     )
+    if session_store is not None:
+        try:
+            store_kind(session_store)
+        except ValueError as err:
+            _fail(str(err), help="for example --session-store sqlite:sessions.db or redis://127.0.0.1:6379/0")
     if receipts.endswith(os.sep):
         # A trailing separator names a directory (a new log per run) even before it exists.
         try:
@@ -245,13 +265,12 @@ def _run_gateway(options: Any) -> None:
 
 def _open_store(path: str) -> Any:
     from aarm_runtime.approvals import ApprovalError
-    from aarm_runtime.approvals_store import SqliteApprovals
 
-    if not Path(path).exists():
+    if not is_redis_url(path) and not Path(path).exists():
         _fail(f"no approvals database `{path}`",
               help=f"pass the --approvals DB the gateway uses (or set ${APPROVALS_ENV})")
     try:
-        return SqliteApprovals(path)
+        return open_approvals(path)
     except ApprovalError as err:
         _fail(str(err))
 

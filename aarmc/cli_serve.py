@@ -148,8 +148,9 @@ def _open_log(path: Path, key: Any, fsync: str) -> tuple[Any, str]:
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT",
               help="Address to listen on; port 0 picks a free one (the address is printed).")
 @click.option("--approvals", "approvals_db", metavar="DB", envvar="AARMC_APPROVALS",
-              help="Queue step-ups in this SQLite file, so that `aarmc approve ID` / `aarmc reject ID` / "
-                   "`aarmc pending` answer them too (also $AARMC_APPROVALS; default: in memory, HTTP only).")
+              help="Queue step-ups in this SQLite file (or at a `redis://` URL, for replicas on several hosts), so "
+                   "that `aarmc approve ID` / `aarmc reject ID` / `aarmc pending` answer them too (also "
+                   "$AARMC_APPROVALS; default: in memory, HTTP only).")
 @click.option("--approval-token-file", metavar="FILE",
               help="Approving, rejecting and resolving need `Authorization: Bearer` with this file's content.")
 @click.option("--fsync", type=click.Choice(["always", "group", "none"]), default="group", show_default=True,
@@ -171,6 +172,13 @@ def _open_log(path: Path, key: Any, fsync: str) -> tuple[Any, str]:
 @click.option("--print-openapi", is_flag=True, is_eager=True, expose_value=False, callback=_print_openapi,
               help="Print the OpenAPI 3.1 description and exit.")
 @telemetry_options
+@click.option("--session-store", metavar="STORE",
+              help="Keep sessions in a store several `aarmc serve` replicas share: `sqlite:PATH` (one host) or a "
+                   "`redis://HOST:PORT/DB` URL; a session another replica opened is joined on first use "
+                   "(docs/runtime.md §13).")
+@click.option("--aligner", type=click.Choice(["overlap", "none"]), default="overlap", show_default=True,
+              help="Score each action against the session's intent (`intent.score`) and its drift (`risk.drift`) "
+                   "for drift rules (docs/aligner.md); `none` leaves both absent.")
 @_guarded
 def serve(policy: str, key_paths: tuple[str, ...], receipts: str, receipt_key: str, issuers: tuple[str, ...],
           revocations: str | None, audience: str | None, listen: str, approvals_db: str | None,
@@ -178,7 +186,8 @@ def serve(policy: str, key_paths: tuple[str, ...], receipts: str, receipt_key: s
           approval_timeout: float | None, deferral_timeout: float | None, max_body_bytes: int,
           include_params: bool, close_receipts_on_exit: bool, unsafe_no_identity: bool,
           unsafe_unsigned: bool, telemetry_ocsf: str | None = None, telemetry_otel: bool = False,
-          telemetry_decisions: tuple[str, ...] = (), telemetry_principals: tuple[str, ...] = ()) -> None:
+          telemetry_decisions: tuple[str, ...] = (), telemetry_principals: tuple[str, ...] = (),
+          session_store: str | None = None, aligner: str = "overlap") -> None:
     """Serve the HTTP decision API: sessions, decide, outcome, approvals, health, metrics.
 
     Every decision is written to the receipt log before it is answered; an
@@ -266,14 +275,22 @@ def serve(policy: str, key_paths: tuple[str, ...], receipts: str, receipt_key: s
         fail(f"cannot listen on `{listen}`: {(err.strerror or str(err)).lower()}")
     bound = sock.getsockname()[:2]
 
+    from aarm_runtime.aligner import OverlapAligner
+    from aarm_runtime.stores import open_approvals, open_session_store
+
     approvals = None
     if approvals_db is not None:
-        from aarm_runtime.approvals_store import SqliteApprovals
-
         try:
-            approvals = SqliteApprovals(approvals_db)
-        except Exception as err:  # noqa: BLE001 - sqlite3 and OS errors alike: the file is unusable
-            fail(f"approvals database `{approvals_db}`: {err}")
+            approvals = open_approvals(approvals_db)
+        except Exception as err:  # noqa: BLE001 - sqlite3, redis and OS errors alike: the store is unusable
+            fail(f"approvals `{approvals_db}`: {err}")
+    store = None
+    if session_store is not None:
+        try:
+            store = open_session_store(session_store)
+        except Exception as err:  # noqa: BLE001 - no store, no shared sessions: refuse to start
+            fail(f"session store `{session_store}`: {err}",
+                 help="for example --session-store sqlite:sessions.db or redis://127.0.0.1:6379/0")
     log_path, per_run = receipt_log_path(receipts)
     log, how = _open_log(log_path, signing, fsync)
     close_receipts_on_exit = close_receipts_on_exit or per_run
@@ -281,7 +298,8 @@ def serve(policy: str, key_paths: tuple[str, ...], receipts: str, receipt_key: s
                   approvals=approvals,
                   approval_timeout_s=approval_timeout, deferral_timeout_s=deferral_timeout,
                   include_params=include_params, name="aarmc-serve",
-                  observers=() if telemetry is None else (telemetry,))
+                  observers=() if telemetry is None else (telemetry,), session_store=store,
+                  aligner=OverlapAligner() if aligner == "overlap" else None)
     app = create_app(guard, max_body_bytes=max_body_bytes, approval_token=token, telemetry=telemetry)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False,
                             proxy_headers=False, timeout_graceful_shutdown=10)
@@ -317,6 +335,8 @@ def serve(policy: str, key_paths: tuple[str, ...], receipts: str, receipt_key: s
             telemetry.close()  # after guard.close(): exports the session-end events too
         if approvals is not None:
             approvals.close()
+        if store is not None:
+            store.close()
         try:
             if close_receipts_on_exit:
                 log.close(note="aarmc serve stopped")

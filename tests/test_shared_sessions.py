@@ -110,7 +110,7 @@ def _run(guards: list[Guard], clock: Clock, session_id: str) -> list[tuple]:
             g.approvals.approve(sub.decision_id, "mailbox-owner")
             sub = nxt.redeem(session_of(nxt), sub.decision_id, tool, params)
             step.append((sub.status, sub.decision.decision, sub.decision.reason, sub.decision.rules))
-            g, nxt = nxt, g
+            # The outcome then goes through the replica that redeemed (neither decided nor approved it there).
         if sub.status in (ALLOW, MODIFY):
             nxt.record_outcome(session_of(nxt), sub.decision_id, ok=True, output=output)
         seen.append(tuple(step))

@@ -67,6 +67,12 @@ class GatewayOptions:
     otel: bool = False
     telemetry_decisions: tuple[str, ...] = ()
     telemetry_principals: tuple[str, ...] = ()
+    # Shared sessions (docs/runtime.md §13): a session store, and the session every client of this gateway
+    # serves (opened by the first replica, joined by the others).
+    session_store: str | None = None
+    session_id: str | None = None
+    # Intent drift (docs/aligner.md): `overlap` (the default) or `none`.
+    aligner: str = "overlap"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -191,8 +197,9 @@ async def open_gateway(options: GatewayOptions, *, errlog: TextIO | None = None)
     """A ready gateway: policy verified, receipt log open, upstream initialised; closed on exit."""
     from mcp import ClientSession, StdioServerParameters, stdio_client
 
-    from aarm_runtime.approvals_store import SqliteApprovals
-    from aarm_runtime.guard import Guard
+    from aarm_runtime.aligner import OverlapAligner
+    from aarm_runtime.guard import Guard, GuardError
+    from aarm_runtime.stores import open_approvals, open_session_store
 
     if not options.command:
         raise GatewayStartError("no MCP server command: put it after `--`")
@@ -207,15 +214,22 @@ async def open_gateway(options: GatewayOptions, *, errlog: TextIO | None = None)
             telemetry.close()
         raise
     approvals = None
+    store = None
     try:
         try:
-            approvals = SqliteApprovals(options.approvals)
+            approvals = open_approvals(str(options.approvals))
         except Exception as err:  # noqa: BLE001 - any failure to open the store refuses the start
-            raise GatewayStartError(f"cannot open approvals database `{options.approvals}`: {err}") from None
+            raise GatewayStartError(f"cannot open approvals `{options.approvals}`: {err}") from None
+        if options.session_store is not None:
+            try:
+                store = open_session_store(options.session_store)
+            except Exception as err:  # noqa: BLE001 - no store, no shared sessions: refuse to start
+                raise GatewayStartError(f"cannot open session store `{options.session_store}`: {err}") from None
         guard = Guard(engine, receipts=receipts, identity_verifier=verifier, approvals=approvals,
                       unsafe_no_identity=options.unsafe_no_identity,
                       max_pending_per_session=options.max_pending_per_session, session_ttl_s=options.session_ttl_s,
-                      observers=() if telemetry is None else (telemetry,))
+                      observers=() if telemetry is None else (telemetry,), session_store=store,
+                      aligner=OverlapAligner() if options.aligner == "overlap" else None)
         intent = _intent(options)
         env = dict(options.env) or None
 
@@ -228,7 +242,20 @@ async def open_gateway(options: GatewayOptions, *, errlog: TextIO | None = None)
                     current = options.identity.read_bytes()
                 except OSError:
                     current = None
-            return guard.open_session(identity_token=current, intent=intent, env=env)
+            if options.session_id is None:
+                return guard.open_session(identity_token=current, intent=intent, env=env)
+            # One named session for every client: the first replica opens it, the others join it.
+            for _ in range(3):
+                try:
+                    return guard.session(options.session_id)
+                except GuardError:
+                    pass
+                try:
+                    return guard.open_session(identity_token=current, intent=intent, env=env,
+                                              session_id=options.session_id)
+                except GuardError:
+                    continue  # another replica opened it in between: join it
+            return guard.session(options.session_id)
 
         params = StdioServerParameters(command=options.command[0], args=list(options.command[1:]),
                                        env=dict(os.environ))
@@ -268,6 +295,8 @@ async def open_gateway(options: GatewayOptions, *, errlog: TextIO | None = None)
         with anyio.CancelScope(shield=True):
             if approvals is not None:
                 approvals.close()
+            if store is not None:
+                store.close()
             _close_receipts(receipts)
             if telemetry is not None:
                 # After guard.close(): the session-end events are queued; this exports them.

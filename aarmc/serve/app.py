@@ -40,6 +40,7 @@ from starlette.routing import Route
 
 from aarm_runtime import values
 from aarm_runtime.approvals import ApprovalError
+from aarm_runtime.session_store import StoreError
 from aarm_runtime.context import SessionContext
 from aarm_runtime.decision import Decision
 from aarm_runtime.deferrals import DeferralError
@@ -325,7 +326,7 @@ def _close_expired(guard: Guard) -> None:
         if session.expires_at is not None and now >= session.expires_at:
             try:
                 guard.close_session(session, note="expired: closed to make room for a new session")
-            except GuardError:
+            except (GuardError, StoreError):
                 continue
 
 

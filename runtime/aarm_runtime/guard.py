@@ -1393,8 +1393,10 @@ class Guard:
             record = R.approval_record(session=session.id, ref=state.decision_id, approver=answer.approver,
                                        verdict=answer.verdict, action_id=state.action_id, context=session.log.head,
                                        note=answer.reason)
-            self._carry(session, state)
+            self._carry(session, state, approval=False)
             self.receipts.submit(record).wait()
+            if session.shared:
+                session.logged.add(state.decision_id + "#approval")
             state.approval = answer
             state.approval_recorded = True
             now = self.clock()
@@ -1680,21 +1682,33 @@ class Guard:
             except Exception:  # noqa: BLE001
                 self.observer_errors += 1
 
-    def _carry(self, session: Session, state: _DecisionState) -> None:
+    def _carry(self, session: Session, state: _DecisionState, *, approval: bool = True) -> None:
         """Before a follow-up (approval, resolution, outcome) of a decision another replica made, put a copy
-        of that decision in this replica's log, so that the follow-up's `ref` points back within the log.
+        of that decision in this replica's log — and of its approval, for an approved STEP_UP — so that the
+        follow-up's `ref` points back within the log and the log's state machine holds.
 
-        The copy is the decision as the shared session holds it (same id, action, effect, rules, reason),
-        with the context this replica has now and a note saying it was carried over.
+        A copy is the decision (or approval) as the shared session holds it (same id, action, effect, rules,
+        reason; approver and verdict), with the context this replica has now and a note saying it was
+        carried over.
         """
-        if not session.shared or state.decision_id in session.logged:
+        if not session.shared:
             return
-        prepared = _Prepared(state.params)
-        record = self._decision_record(session, state.decision_id, state.action_id, state.tool, prepared,
-                                       state.decision, "carried over: decided by another replica of this "
-                                                       "session; this log records what followed")
-        self.receipts.submit(record)
-        session.logged.add(state.decision_id)
+        did = state.decision_id
+        if did not in session.logged:
+            prepared = _Prepared(state.params)
+            record = self._decision_record(session, did, state.action_id, state.tool, prepared, state.decision,
+                                           "carried over: decided by another replica of this session; this log "
+                                           "records what followed")
+            self.receipts.submit(record)
+            session.logged.add(did)
+        key = did + "#approval"
+        if approval and state.approval_recorded and state.approval is not None and key not in session.logged:
+            answer = state.approval
+            self.receipts.submit(R.approval_record(
+                session=session.id, ref=did, approver=answer.approver, verdict=answer.verdict,
+                action_id=state.action_id, context=session.log.head,
+                note="carried over: answered through another replica of this session"))
+            session.logged.add(key)
 
     def _unwrap(self, tool: str, params: Any) -> Any:
         """A meta-tool call's params for the real tool inside it (None if they do not have that shape)."""
