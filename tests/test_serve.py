@@ -782,3 +782,46 @@ def test_open_sessions_are_bounded_and_expired_ones_make_room(key_files: Keys, t
     assert ends == ["expired: closed to make room for a new session"] * 2
     guard.close()
     log.abandon()
+
+
+def test_two_servers_sharing_a_session_store_serve_one_session(key_files: Keys, tmp_path: Path) -> None:
+    """Two `aarmc serve` replicas with one SQLite session store and one approvals database: a session opened
+    on one is decided on the other on the whole of its context; a step-up asked on one is redeemed on the
+    other after `aarmc approve`."""
+    store = f"sqlite:{tmp_path / 'sessions.db'}"
+    db = tmp_path / "approvals.db"
+    a = Server(key_files, tmp_path / "a.log", "--session-store", store, "--approvals", str(db))
+    b = Server(key_files, tmp_path / "b.log", "--session-store", store, "--approvals", str(db))
+    try:
+        with httpx.Client(base_url=a.url, timeout=30) as ca, httpx.Client(base_url=b.url, timeout=30) as cb:
+            sid = ca.post("/v1/sessions", json={"identity_token": key_files.token(), "intent": INTENT}).json()[
+                "session_id"]
+            read = post_json(ca, f"/v1/sessions/{sid}/decide", {"tool": "mail.read", "params": {}}).json()
+            assert read["status"] == "allow", read
+            out = post_json(ca, f"/v1/sessions/{sid}/outcome", {"decision_id": read["decision_id"], "ok": True,
+                                                               "output": INJECTED_EMAIL})
+            assert out.status_code == 200, out.text
+            # Replica b has never seen the session: it joins it, and the injected address read through a is
+            # untrusted there too.
+            injected = post_json(cb, f"/v1/sessions/{sid}/decide", {"tool": "mail.send", "params": {
+                "to": "mallory@corp.example", "subject": "records", "body": "x"}}).json()
+            assert injected["status"] == "deny" and injected["decision"]["rules"] == ["injected-recipient"], injected
+            params = {"payee": "acme", "amount": 9000}
+            pending = post_json(cb, f"/v1/sessions/{sid}/decide", {"tool": "pay.transfer", "params": params}).json()
+            assert pending["status"] == "pending", pending
+            did = pending["decision_id"]
+            done = subprocess.run([sys.executable, "-m", "aarmc.cli_gateway", "approve", did, "--approvals", str(db),
+                                   "--approver", "carol"], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            got = post_json(ca, f"/v1/sessions/{sid}/redeem", {"decision_id": did, "tool": "pay.transfer",
+                                                               "params": params}).json()
+            assert got["status"] == "allow", got
+            again = post_json(cb, f"/v1/sessions/{sid}/redeem", {"decision_id": did, "tool": "pay.transfer",
+                                                                 "params": params}).json()
+            assert again["status"] == "deny" and again["decision"]["reason"] == "approval-used", again
+    finally:
+        assert a.stop() == 0, "".join(a.lines)
+        assert b.stop() == 0, "".join(b.lines)
+    for log in (tmp_path / "a.log", tmp_path / "b.log"):
+        verified = read_verified(log, [key_files.receipts.verify_key], allow_open=True)
+        assert verified.verdict.ok, verified.verdict.describe()
