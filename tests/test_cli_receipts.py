@@ -51,6 +51,9 @@ def test_timeline_reconstructs_sessions(tmp_path):
     human = run("timeline", log, *keys(tmp_path))
     assert human.exit_code == 0, human.output
     assert "sess-alice" in human.output and "sess-bob" in human.output
+    # The close record counts the checkpoints before it; `verify` also counts the sealing one after it.
+    closed = [line for line in human.output.splitlines() if "log closed" in line]
+    assert len(closed) == 1 and "checkpoint(s) before this record, then the sealing one" in closed[0], closed
     only = run("timeline", log, *keys(tmp_path), "--session", "sess-bob", "--format", "json")
     assert only.exit_code == 0
     assert "sess-alice" not in only.output and "sess-bob" in only.output

@@ -190,7 +190,9 @@ def _event_detail(r: Receipt) -> str:
             return f"writer restarted at byte {v.offset} after an unclean stop"
         return f"writer recovered: {v.length} torn byte(s) removed at byte {v.offset} (sha256 {v.digest.hex()})"
     if rec.kind == Kind.LOG_CLOSE:
-        return f"log closed after {rec.close.checkpoints} checkpoint(s)" + (f": {rec.note}" if rec.note else "")
+        # The record counts the checkpoints written before it; the one that seals it comes right after.
+        return (f"log closed ({rec.close.checkpoints} checkpoint(s) before this record, then the sealing one)"
+                + (f": {rec.note}" if rec.note else ""))
     return "log opened" + (f" by {rec.note}" if rec.note else "")
 
 
