@@ -75,6 +75,21 @@ CODES: dict[str, str] = {
 }
 
 
+#: The checker's finding codes (docs/findings.md is their documentation of record); the title is the
+#: finding's kind and what it means in one line. tests/test_golden_diagnostics.py keeps the two in step.
+FINDINGS: dict[str, str] = {
+    'AARM-W0601': 'dead-rule: the condition is never true and never unknown',
+    'AARM-W0602': 'never-true: the condition is never true but can be unknown (the rule only makes DEFER)',
+    'AARM-W0603': 'shadowed-rule: true for some action but never among the deciding rules',
+    'AARM-W0604': 'redundant-rule: removing the rule changes no outcome',
+    'AARM-E0605': 'conflict: rules at the top priority disagree for some action (DEFER conflict)',
+    'AARM-E0606': 'forbidden-reachable: a modify produces params a forbid matches',
+    'AARM-I0607': 'context-gap: absent context makes the decision DEFER absent-context',
+    'AARM-E0608': 'assert-refuted: the assert fails for some action (counterexample)',
+    'AARM-I0609': 'assert-proved: the assert holds for every action in every context',
+    'AARM-W0610': 'unknown: the solver gave up or the construct is not modelled exactly',
+}
+
 def title(code: str) -> str:
     """The title of a code (`code` itself when it is not registered).
 

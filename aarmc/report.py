@@ -17,13 +17,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import attrs
 
 from aarmc import __version__
-from aarmc.codes import CODES
+from aarmc.codes import CODES, FINDINGS
 from aarmc.diagnostics import ERROR, INFO, SEVERITY_RANK, WARNING, Diagnostic, render_human
 
 REPORT_VERSION = 1
 # Rule help is carried as text (docs/diagnostics.md in the distribution), not as a
 # URI: the project publishes no web home, and a SARIF helpUri must be absolute.
 DIAGNOSTICS_DOC = "docs/diagnostics.md"
+FINDINGS_DOC = "docs/findings.md"
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 SARIF_SRCROOT = "SRCROOT"
@@ -45,9 +46,13 @@ def code_title(code: str) -> str:
 
     >>> code_title("AARM-E0102"), code_title("AARM-E0398"), code_title("AARM-W9999")
     ('unexpected end of input', 'type error', 'warning AARM-W9999')
+    >>> code_title("AARM-W0601")
+    'dead-rule: the condition is never true and never unknown'
     """
     if code in CODES:
         return CODES[code]
+    if code in FINDINGS:
+        return FINDINGS[code]
     family = code.removeprefix("AARM-")[:3]
     if family in FAMILY_TITLES:
         return FAMILY_TITLES[family]
@@ -57,7 +62,8 @@ def code_title(code: str) -> str:
 
 def help_text(code: str) -> str:
     """Where a code is documented."""
-    return f"{code}: {code_title(code)}. Meaning, an example and the fix: {DIAGNOSTICS_DOC}."
+    doc = FINDINGS_DOC if code in FINDINGS else DIAGNOSTICS_DOC
+    return f"{code}: {code_title(code)}. Meaning, an example and the fix: {doc}."
 
 
 @attrs.frozen(kw_only=True)

@@ -117,3 +117,14 @@ def test_code_titles_match_the_documentation():
             documented[cells[0]] = cells[2]
     registered = {k: v for k, v in CODES.items() if k != "AARM-E0999"}
     assert registered == documented
+
+
+def test_finding_codes_match_docs_findings():
+    from aarmc.codes import FINDINGS
+
+    table = (ROOT / "docs" / "findings.md").read_text()
+    rows = re.findall(r"^\| (?:<a id=\"[^\"]+\"></a>)?`(AARM-[EWI]06\d\d)` \| `([a-z-]+)` \|", table, re.M)
+    assert len(rows) >= 10, "the finding table of docs/findings.md was not found"
+    assert {code for code, _ in rows} == set(FINDINGS)
+    # Each title starts with the kind the table gives the code.
+    assert all(FINDINGS[code].startswith(kind + ":") for code, kind in rows), rows
