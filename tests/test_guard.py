@@ -698,3 +698,20 @@ def test_submit_asks_the_resolvers_at_once(tmp_path):
     receipts = gf.records(g.receipts.path)
     deferred, again = gf.of_kind(receipts, R.Kind.DECISION)
     assert deferred.decision.effect == "defer" and again.decision_id == sub.decision_id
+
+
+def test_a_token_bound_to_a_session_opens_that_session_and_no_other(tmp_path):
+    from aarm_runtime.identity import Identity, issue_identity
+
+    bound = issue_identity(Identity(issuer="idp.corp", principal="alice", agent="mail-bot", session="s-42"),
+                           gf.IDP, ttl_s=7200, now=gf.T0)
+    g = gf.guard("mail-assistant", tmp_path)
+    s = g.open_session(bound)
+    assert s.id == "s-42" and s.identity_error is None
+    assert s.identity_json["session"] == "s-42"
+    other = g.open_session(bound, session_id="s-7")
+    assert other.identity_error is not None and other.identity_error[0] == "identity-session-mismatch"
+    sub = g.submit(other, "email.read_inbox", {})
+    assert sub.status == "deny" and sub.decision.reason == "identity-session-mismatch"
+    assert "bound to session `s-42`, not `s-7`" in sub.decision.message
+    assert g.submit(s, "email.read_inbox", {}).status == "allow"

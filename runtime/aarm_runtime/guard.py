@@ -468,10 +468,13 @@ class Guard:
         not raise — the session opens, its session-start receipt names the
         refusal, and every decision in it is a DENY. *identity* (a §7
         identity object) is accepted only with ``unsafe_no_identity``.
+
+        A token bound to a session (its `session` claim) opens that session:
+        *session_id* None takes the claim's id, and another *session_id* is
+        refused as an identity error (``identity-session-mismatch``: every
+        decision DENY), so a token issued for one session cannot drive another.
         """
-        if session_id is None:
-            session_id = _new_id("s")
-        elif not isinstance(session_id, str) or not session_id:
+        if session_id is not None and (not isinstance(session_id, str) or not session_id):
             raise ValueError("session_id must be a non-empty string")
         now = self.clock()
         verified = None
@@ -492,12 +495,21 @@ class Guard:
                     error = (err.reason, str(err))
                 except Exception as err:  # noqa: BLE001 - an identity we cannot check is no identity
                     error = ("identity-invalid", f"identity could not be verified: {err}")
+            bound = getattr(verified, "session", None)
+            if bound is not None:
+                if session_id is None:
+                    session_id = bound
+                elif session_id != bound:
+                    error = ("identity-session-mismatch", f"the identity assertion is bound to session `{bound}`, "
+                                                          f"not `{session_id}`")
         else:
             given = identity if identity is not None else identity_token
             if given is not None:
                 if not isinstance(given, Mapping):
                     raise TypeError("without a verifier, the identity must be a §7 identity object (a mapping)")
                 identity_json = dict(given)
+        if session_id is None:
+            session_id = _new_id("s")
         receipt_identity = None
         if identity_json is not None:
             try:
@@ -601,6 +613,9 @@ class Guard:
                         verified = self.verifier.verify(token, now)
                         identity_json = verified.to_session_identity()
                         digest = verified.token_sha256
+                        if verified.session is not None and verified.session != session_id:
+                            err_pair = ("identity-session-mismatch", f"the identity assertion is bound to session "
+                                                                     f"`{verified.session}`, not `{session_id}`")
                     except IdentityError as e:
                         err_pair = (e.reason, str(e))
                     except Exception as e:  # noqa: BLE001
