@@ -715,3 +715,20 @@ def test_a_token_bound_to_a_session_opens_that_session_and_no_other(tmp_path):
     assert sub.status == "deny" and sub.decision.reason == "identity-session-mismatch"
     assert "bound to session `s-42`, not `s-7`" in sub.decision.message
     assert g.submit(s, "email.read_inbox", {}).status == "allow"
+
+
+def test_a_modify_runs_the_tool_with_exact_values_not_the_records_strings(tmp_path):
+    policy = '''policy "m" version "1"
+default deny
+tool pay.transfer(payee: str, amount: decimal, fees: list[decimal] = [], note: str = "") returns none
+modify "cap" pay.transfer when params.amount > 500 set amount = 500.5, fees = [0.25, 1]
+'''
+    g = Guard(gf.engine_text(policy), receipts=gf.new_log(tmp_path), unsafe_no_identity=True)
+    s = g.open_session()
+    got = g.call(s, "pay.transfer", {"payee": "acme", "amount": 900, "note": "inv 7"}, lambda p: p)
+    assert got.decision.decision == "modify"
+    # The record keeps decimals as exact strings; the tool gets Decimals, and what the rule left alone as given.
+    assert got.decision.params["amount"] == "500.5"
+    assert got.value == {"payee": "acme", "amount": Decimal("500.5"), "fees": [Decimal("0.25"), Decimal("1")],
+                         "note": "inv 7"}
+    assert type(got.value["amount"]) is Decimal and type(got.value["note"]) is str

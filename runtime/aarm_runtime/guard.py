@@ -412,6 +412,7 @@ class Guard:
         self._stop_sweeper = threading.Event()
         self._sensitive: dict[str, bool] = {}
         self._sensitive_names: dict[str, tuple[str, ...]] = {}
+        self._param_types: dict[str, dict[str, Any]] = {}
         self.policy_ref: R.PolicyRef | None = None
         self._wraps: dict[str, tuple[str, str]] = {}
         if engine is not None:
@@ -420,6 +421,7 @@ class Guard:
             self._wraps = {t.name: t.wraps for t in art.tools if t.wraps is not None}
             self._sensitive = {t.name: any(p.sensitive for p in t.params) for t in art.tools}
             self._sensitive_names = {t.name: tuple(p.name for p in t.params if p.sensitive) for t in art.tools}
+            self._param_types = {t.name: {p.name: p.type for p in t.params} for t in art.tools}
         _attach(self.approvals, self._on_approval, clock=clock, name=name)
         _attach(self.deferrals, self._on_deferral_denied, clock=clock)
 
@@ -1074,7 +1076,7 @@ class Guard:
         deadline = None
         exec_params = None
         if effect == ALLOW or effect == MODIFY:
-            exec_params = prepared.raw if effect == ALLOW else self._rewrap(tool, prepared.value, d)
+            exec_params = prepared.raw if effect == ALLOW else self._rewrap(tool, prepared, d)
             state.exec_params = exec_params
             self._grant(session, state, now)
         elif effect == STEP_UP or effect == DEFER:
@@ -1216,19 +1218,42 @@ class Guard:
         self._infos[id(d)] = (d, info)
         return info
 
-    def _rewrap(self, tool: str, params: Any, d: Decision) -> Any:
-        """A MODIFY's params for the tool as called: for a meta-tool, its wrapper params around them."""
+    def _rewrap(self, tool: str, prepared: _Prepared, d: Decision) -> Any:
+        """A MODIFY's params for the tool as called: for a meta-tool, its wrapper params around them.
+
+        The decision record writes decimals as strings (exact JSON); the tool gets exact values: a param
+        the rule did not change is passed as the caller gave it, a changed one with its declared type
+        (a decimal as a `Decimal`)."""
+        out = self._exact_params(d.tool or tool, d.params, self._unwrap(tool, prepared.raw) if d.wrapper
+                                 else prepared.raw)
         if d.wrapper is None:
-            return d.params
+            return out
         chain = []
-        name, p = tool, params
+        name, p = tool, prepared.value
         while name in self._wraps:
             name_param, args_param = self._wraps[name]
             chain.append((p, args_param))
             name, p = p[name_param], p[args_param]
-        out = d.params
         for p, args_param in reversed(chain):
             out = {**p, args_param: out}
+        return out
+
+    def _exact_params(self, tool: str, params: Any, given: Any) -> Any:
+        if not isinstance(params, Mapping):
+            return params
+        types = self._param_types.get(tool, {})
+        given = given if isinstance(given, Mapping) else {}
+        out = {}
+        for name, value in params.items():
+            if name in given:
+                try:
+                    same = values.to_jsonable(_jsonish(given[name])[0]) == value
+                except Exception:  # noqa: BLE001 - not comparable: take the decision's value
+                    same = False
+                if same:
+                    out[name] = given[name]
+                    continue
+            out[name] = _typed(value, types.get(name))
         return out
 
     def _grant(self, session: Session, state: _DecisionState, now: float) -> None:
@@ -1764,6 +1789,19 @@ def _attach(service: Any, listener: Callable, **options: Any) -> None:
     except (TypeError, ValueError):
         accepted = {}
     service.attach(listener, **{k: v for k, v in options.items() if k in accepted})
+
+
+def _typed(value: Any, t: Any) -> Any:
+    """A decision record's JSON value as the exact value of declared type *t* (decimals back to `Decimal`)."""
+    if isinstance(t, values.OptT):
+        t = t.inner
+    if value is None or t is None:
+        return value
+    if t == values.Prim("decimal") and isinstance(value, str):
+        return Decimal(value)
+    if isinstance(t, values.ListT) and isinstance(value, list):
+        return [_typed(v, t.elem) for v in value]
+    return value
 
 
 def _pending_result(sub: Submission) -> CallResult:
