@@ -71,8 +71,8 @@ def kind_valid(kind: Any, value: Any) -> bool:
 
 
 def _invisible_ranges() -> tuple[tuple[int, int], ...]:
-    # values._INVISIBLE is a regex class body of actual characters and ranges.
-    text = getattr(values, "_INVISIBLE")
+    # values.INVISIBLE is a regex class body of actual characters and ranges.
+    text = values.INVISIBLE
     out, i = [], 0
     while i < len(text):
         if i + 2 < len(text) and text[i + 1] == "-":

@@ -168,7 +168,7 @@ PUBLIC_MAIL_DOMAINS: frozenset[str] = frozenset("""
 
 # The provenance token runs (maximal runs of letters, digits, `@ . _ -`): a term
 # here is exactly what a `from` condition could match in the same text.
-_TOKEN_RUN = values._TOKEN_RUN
+_TOKEN_RUN = values.TOKEN_RUN
 _WORD = re.compile(r"[^\W_]+")  # the alphanumeric parts of a run
 _WHITESPACE = re.compile(r"\s")
 _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")

@@ -209,12 +209,13 @@ def type_to_text(t: Type) -> str:
 _OUTSIDE_ALPHABET = re.compile("[\ud800-\udfff\U00030000-\U0010ffff]")
 
 # A fixed list rather than unicodedata categories: validity must not change
-# with the Unicode version of whichever Python runs the runtime.
-_INVISIBLE = (
+# with the Unicode version of whichever Python runs the runtime. Public: the
+# checker's string automata (aarmc.analysis.strings) read the same class.
+INVISIBLE = (
     "\x00-\x20\x7f-\xa0\xad\u061c\u115f\u1160\u1680\u180e\u2000-\u200f"
     "\u2028-\u202f\u205f-\u206f\u3000\u3164\ufeff\ufff9-\ufffb"
 )
-_HAS_INVISIBLE = re.compile(f"[{_INVISIBLE}]")
+_HAS_INVISIBLE = re.compile(f"[{INVISIBLE}]")
 
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
@@ -309,7 +310,7 @@ _UNRESERVED = string.ascii_letters + string.digits + "-._~"
 _SUB_DELIMS = "!$&'()*+,;="
 _PCT = r"%[0-9A-Fa-f]{2}"
 # Non-ASCII characters are allowed (IRI) unless invisible; ASCII ones per RFC 3986.
-_NON_ASCII = f"[^\\x00-\\x7f{_INVISIBLE}]"
+_NON_ASCII = f"[^\\x00-\\x7f{INVISIBLE}]"
 
 
 def _component(extra: str) -> re.Pattern[str]:
@@ -1063,8 +1064,9 @@ def _ends_token(text: str, end: int) -> bool:
     return text[end] == "." and (end + 1 == len(text) or not is_token_char(text[end + 1]))
 
 
-# `\w` of `re` in str mode is exactly `str.isalnum() or "_"`; the tests check it.
-_TOKEN_RUN = re.compile(r"[\w@.\-]+")
+# `\w` of `re` in str mode is exactly `str.isalnum() or "_"`; the tests check it. Public: the aligner
+# reads terms as provenance's tokens.
+TOKEN_RUN = re.compile(r"[\w@.\-]+")
 
 
 def _as_token(token: str | Token) -> Token:
@@ -1171,7 +1173,7 @@ class TokenIndex:
 
     def add(self, text: str) -> None:
         self._texts.append(text)
-        for run in _TOKEN_RUN.findall(text):
+        for run in TOKEN_RUN.findall(text):
             self._add_run(run)
             if run.endswith("."):
                 self._add_run(run[:-1])
@@ -1189,7 +1191,7 @@ class TokenIndex:
         size = len(token.text)
         if size < 3:
             return False
-        if _TOKEN_RUN.fullmatch(token.text):
+        if TOKEN_RUN.fullmatch(token.text):
             if not token.caseless:
                 return token.text in self._runs
             if _case_sensitive_spans(token) == []:
