@@ -267,9 +267,10 @@ def markdown(out: dict) -> str:
         f"{'met' if best >= GOAL_VERIFY_PER_S else 'NOT met'} in this run. With two free cores the "
         f"two-process run is bounded by its busier process: {two['two_free_cores_records_per_s']:,.0f} records/s "
         "(records / max(CPU s of this process, of the worker)) — an estimate from CPU time, not a wall-clock "
-        f"measurement. `verify_log` uses the worker from {PARALLEL_THRESHOLD:,} items up, when the load average "
-        "leaves a core free. Ed25519 verification holds the GIL in PyNaCl (threads do not help), so the worker is "
-        "a process.",
+        f"measurement. `verify_log` uses worker processes from {PARALLEL_THRESHOLD:,} items up and shares the "
+        "work with them chunk by chunk (a worker that starts late or shares its core with another job does fewer "
+        "chunks). Ed25519 verification holds the GIL in PyNaCl (threads do not help), so the worker is a process. "
+        "Every signature and every chain link is checked in every row.",
         "",
         "Notes: acknowledged latency is dominated by fdatasync on this file system; `group` costs the same as "
         "`always` for one thread appending alone and pays off when several threads append at once (one fsync "

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -261,6 +262,37 @@ def test_group_commit_from_many_threads(tmp_path: Path) -> None:
             assert by_seq[a.seq].seq == a.seq
 
 
+def test_group_commit_flush_delay(tmp_path: Path) -> None:
+    """Records nobody waits for are synced by the flusher once the flush delay has passed; a waiter syncs at
+    once and never waits for the delay; while callers wait for acks, the flusher syncs without delay."""
+    delay = 1.0
+    log = ReceiptLog.create(tmp_path / "log.cbor", KEY_A, fsync="group", checkpoint_interval_s=None,
+                            flush_delay_s=delay)
+    log.append(R.session_start_record("s"))
+    time.sleep(0.2)  # nobody has waited for a while now
+
+    def record(i: int) -> R.Record:
+        return R.decision_record(session="s", decision_id=f"d{i}", tool="t.x", params={}, decision=_d("deny"))
+
+    def synced_after(pending: object) -> float:
+        t0 = time.monotonic()
+        while not pending.done():  # type: ignore[attr-defined]
+            assert time.monotonic() - t0 < 30, "the flusher never synced"
+            time.sleep(0.005)
+        return time.monotonic() - t0
+
+    assert synced_after(log.submit(record(0))) >= delay * 0.9  # it waited for more records to share the sync
+    t0 = time.monotonic()
+    ack = log.append(record(1))
+    assert ack.durable and time.monotonic() - t0 < delay * 0.8
+    assert synced_after(log.submit(record(2))) < delay * 0.8  # someone waited just now: no delay
+    unwaited = log.submit(record(3))
+    waited = log.submit(record(4))
+    assert waited.wait().durable and unwaited.done()  # one sync covered both
+    log.close()
+    assert verify_log(tmp_path / "log.cbor", [KEY_A.verify_key]).status is Status.COMPLETE
+
+
 def test_state_machine_refuses_before_signing(tmp_path: Path) -> None:
     path = tmp_path / "log.cbor"
     log = ReceiptLog.create(path, KEY_A, fsync="none", checkpoint_interval_s=None)
@@ -368,6 +400,9 @@ def test_create_refuses_bad_options(tmp_path: Path) -> None:
         ReceiptLog.create(tmp_path / "a", KEY_A, fsync="sometimes")
     with pytest.raises(ValueError, match="checkpoint_every"):
         ReceiptLog.create(tmp_path / "b", KEY_A, checkpoint_every=0)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    for bad in (-0.1, 1.5, True, "0"):
+        with pytest.raises(ValueError, match="flush_delay_s"):
+            ReceiptLog.create(tmp_path / "c", KEY_A, flush_delay_s=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
     with pytest.raises(TypeError):
         ReceiptLog()

@@ -8,6 +8,7 @@ verified by an independent Ed25519 implementation (pyca/cryptography).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,113 @@ def test_record_shapes_are_enforced() -> None:
         Record(kind=Kind.SESSION_START, session="s", context=b"short")
     with pytest.raises(TypeError, match="sequence of text"):
         R.Identity(scopes="read")
+
+
+def test_record_shape_cache_never_skips_a_check() -> None:
+    """Records are checked by the tuple of their field types, remembered once valid: a remembered shape
+    still checks values (context length, params digest, verdicts), and every other shape is checked in full."""
+    info = R.DecisionInfo(effect="allow", rules=("r",))
+    action = R.Action.of("t.x", {"a": 1})
+
+    def dec(**kw: Any) -> Record:
+        fields = {"kind": Kind.DECISION, "session": "s", "decision_id": "d", "action": action, "decision": info,
+                  "context": bytes(32)}
+        return Record(**{**fields, **kw})
+
+    for _ in range(2):  # the second round runs with the shape remembered
+        dec()
+        with pytest.raises(TypeError, match="32-byte"):
+            dec(context=bytes(31))
+        with pytest.raises(TypeError, match="session must be `str`, got `bytes`"):
+            dec(session=b"s")
+        with pytest.raises(TypeError, match="decision must be `DecisionInfo`"):
+            dec(decision=action)
+        with pytest.raises(ValueError, match="needs `decision`"):
+            dec(decision=None)
+        with pytest.raises(ValueError, match="cannot carry `approver`"):
+            dec(approver="carol")
+        with pytest.raises(ValueError, match="params json does not match"):
+            dec(action=R.Action(tool="t.x", params_digest=bytes(32), params_json="{}"))
+        with pytest.raises(ValueError, match="verdict `resolved`"):
+            Record(kind=Kind.APPROVAL, session="s", ref="d", approver="c", resolution=R.Resolution("resolved"))
+        Record(kind=Kind.APPROVAL, session="s", ref="d", approver="c", resolution=R.Resolution("approved"))
+    assert Record(kind=2, session="s", decision_id="d", action=action, decision=info).kind is Kind.DECISION
+
+
+def test_action_checks_in_both_paths() -> None:
+    class Text(str):
+        pass
+
+    assert R.Action(tool=Text("t"), params_digest=bytes(32)).tool == "t"  # the general path takes subclasses
+    with pytest.raises(TypeError, match="action tool must be text"):
+        R.Action(tool=1, params_digest=bytes(32))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="32-byte"):
+        R.Action(tool="t", params_digest=bytes(31))
+    with pytest.raises(TypeError, match="action wrapper must be text"):
+        R.Action(tool="t", params_digest=bytes(32), wrapper=b"w")  # type: ignore[arg-type]
+
+
+long_texts = st.one_of(st.text(max_size=30), st.integers(20, 300).map(lambda n: "é" * n),
+                       st.sampled_from(["x" * 23, "x" * 24, "x" * 255, "x" * 256, "x" * 65535, "x" * 65536]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(receipts_, long_texts, st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]))
+def test_writer_encoder_equals_the_reference(receipt: R.Receipt, text: str, number: int) -> None:
+    """`encode_payload` builds bytes by hand, with sub-maps remembered per object: always dcbor's bytes."""
+    assert R.encode_payload(receipt) == dcbor.encode(R._payload_map(receipt))
+    rec = receipt.record
+    varied = R.Receipt(log_id=receipt.log_id, seq=number, prev=receipt.prev, time_ns=number,
+                       record=dataclasses.replace(rec, note=text))
+    for r in (varied, varied):  # the second time from the remembered sub-maps
+        assert R.encode_payload(r) == dcbor.encode(R._payload_map(r))
+    header = R.protected_receipt_header(SK.kid, text, text, number)
+    assert header == dcbor.encode({1: -19, 4: SK.kid, 15: {1: text, 2: text, 6: number}, 16: cose.TYP_RECEIPT})
+
+
+def test_receipt_envelope_takes_exactly_the_shortest_heads() -> None:
+    """`parse_item` reads a receipt's envelope by hand; every payload size takes its one encoding."""
+    for size in (0, 23, 24, 255, 256, 65535, 65536):
+        r = R.Receipt(log_id=bytes(16), seq=0, prev=bytes(32), time_ns=5 * 10**9,
+                      record=Record(kind=Kind.LOG_OPEN, note="n" * size))
+        payload = R.encode_payload(r)
+        good = R.sign_receipt(payload, SK, issuer="i", subject=r.subject, iat=5)
+        assert good == cose.sign1(payload, SK, typ=cose.TYP_RECEIPT, cwt_claims={1: "i", 2: r.subject, 6: 5})
+        assert R.parse_item(good).receipt == r
+        assert R.scan_receipt(good) is not None
+        # The same item with the payload's length in a longer head than needed: well-formed, not deterministic.
+        head = len(R._bstr_head(len(payload)))
+        at = good.index(payload) - head
+        for marker, width in ((0x58, 1), (0x59, 2), (0x5A, 4), (0x5B, 8)):
+            if 1 + width <= head or len(payload) >= 1 << 8 * width:
+                continue
+            longer = bytes((marker,)) + len(payload).to_bytes(width, "big")
+            bad = good[:at] + longer + good[at + head:]
+            assert cbor2.loads(bad).value[2] == payload
+            assert R.scan_receipt(bad) is None
+            with pytest.raises(ReceiptFormatError, match="not deterministic"):
+                R.parse_item(bad)
+    for cut in (1, 3, 10, 70):
+        assert R.scan_receipt(good[:-cut]) is None
+        with pytest.raises(ReceiptFormatError):
+            R.parse_item(good[:-cut])
+    with pytest.raises(ReceiptFormatError, match="not deterministic"):
+        R.parse_item(good + b"\x00")
+
+
+@pytest.mark.parametrize(("key", "fragment"), [(True, "unknown key `True`"), (1.0, "unknown key `1.0`"),
+                                               (30, "unknown key `30`"), ("6", "unknown key `'6'`")])
+def test_strict_parser_wants_integer_keys(key: Any, fragment: str) -> None:
+    # A bool or float key equals an int key as a dict key; the parser looks at the key types too.
+    items = [(0, 1), (1, bytes(16)), (2, 0), (3, [-16, bytes(32)]), (4, 0), (5, 7)]
+    if key in (True, 1.0):
+        items[1] = (key, bytes(16))  # in the place of key 1: only its type is wrong
+    else:
+        items.append((key, "x"))
+    data = cbor2.dumps(dict(items))
+    assert type(list(cbor2.loads(data))[1]) is type(key) or key not in (True, 1.0)
+    with pytest.raises(ReceiptFormatError, match=fragment):
+        R.decode_payload(data)
 
 
 def test_identity_from_session_file_section() -> None:

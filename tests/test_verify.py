@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aarm_runtime import cose, keys, merkle
+from aarm_runtime import verify as verify_module
 from aarm_runtime import receipts as R
 from aarm_runtime.decision import Decision
 from aarm_runtime.receipt_log import ReceiptLog
@@ -413,6 +416,57 @@ def test_workers_agree_with_in_process_verification(tmp_path: Path) -> None:
         two = verify_log(bytes(bad), TRUST, workers=2)
         three = verify_log(bytes(bad), TRUST, workers=3)
         assert one == two == three and one.status is not Status.COMPLETE and one.index == k
+
+
+class _StoppedWorkers(verify_module._Workers):
+    """Real worker processes, stopped with SIGSTOP as soon as they start: a worker that never answers."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        for proc in self.procs:
+            os.kill(proc.pid, signal.SIGSTOP)
+
+
+class _DyingWorkers(verify_module._Workers):
+    """Real worker processes killed after their first chunk was sent."""
+
+    def submit(self, worker: int, args: tuple) -> None:
+        super().submit(worker, args)
+        self.procs[worker].kill()
+
+
+@pytest.mark.parametrize("faulty", [_StoppedWorkers, _DyingWorkers])
+def test_work_sharing_survives_a_worker_that_does_not_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             faulty: type) -> None:
+    """A worker that never answers costs a bounded wait per chunk it holds; one that dies makes the verifier
+    start over in-process. Either way the verdict is the in-process one."""
+    path = tmp_path / "big.cbor"
+    _big_log(path, 700)
+    data = path.read_bytes()
+    serial = verify_log(data, TRUST, workers=1)
+    bad = bytearray(data)
+    spans, _ = R.split_items(data)
+    k = len(spans) - 40
+    bad[(spans[k][0] + spans[k][1]) // 2] ^= 0x20
+    serial_bad = verify_log(bytes(bad), TRUST, workers=1)
+    monkeypatch.setattr(verify_module, "_CHUNK", 64)
+    monkeypatch.setattr(verify_module, "_Workers", faulty)
+    assert verify_log(data, TRUST, workers=2) == serial
+    assert verify_log(bytes(bad), TRUST, workers=3) == serial_bad and serial_bad.index == k
+
+
+def test_work_sharing_takes_chunks_from_a_slow_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With many small chunks this process checks the first ones itself while the worker starts, and the
+    worker's answers, in whatever order the sharing hands out chunks, verify like one process."""
+    path = tmp_path / "big.cbor"
+    _big_log(path, 900)
+    data = path.read_bytes()
+    monkeypatch.setattr(verify_module, "_CHUNK", 16)
+    serial = verify_log(data, TRUST, workers=1)
+    assert serial.status is Status.COMPLETE
+    assert verify_log(data, TRUST, workers=2) == serial
+    kept = read_verified(data, TRUST, workers=2)
+    assert [r.seq for r in kept.receipts] == list(range(serial.records))
 
 
 # ----------------------------------------------------------------------------- timeline

@@ -32,6 +32,7 @@ import os
 import stat
 from pathlib import Path
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -113,7 +114,8 @@ class VerifyKey:
         if len(signature) != SIGNATURE_SIZE:
             raise InvalidSignature(f"ed25519 signature must be {SIGNATURE_SIZE} bytes, got {len(signature)}")
         try:
-            nacl.signing.VerifyKey(self.public_bytes).verify(bytes(message), bytes(signature))
+            # libsodium's one-shot crypto_sign_open: pure Ed25519, as nacl.signing.VerifyKey.verify.
+            nacl.bindings.crypto_sign_open(bytes(signature) + bytes(message), self.public_bytes)
         except nacl.exceptions.BadSignatureError:
             raise InvalidSignature("ed25519 signature does not verify") from None
 
@@ -121,7 +123,7 @@ class VerifyKey:
 class SigningKey:
     """An Ed25519 private key held as its 32-byte seed; never printed."""
 
-    __slots__ = ("_nacl", "_verify_key")
+    __slots__ = ("_kid", "_nacl", "_secret", "_verify_key")
 
     def __init__(self, seed: bytes) -> None:
         if not isinstance(seed, bytes):
@@ -130,6 +132,9 @@ class SigningKey:
             raise InvalidKeyError(f"ed25519 seed must be {SEED_SIZE} bytes, got {len(seed)}")
         self._nacl = nacl.signing.SigningKey(seed)
         self._verify_key = VerifyKey(self._nacl.verify_key.encode())
+        # libsodium's 64-byte secret key (seed ‖ public key), for the one-shot call without PyNaCl's wrappers.
+        self._secret = nacl.bindings.crypto_sign_seed_keypair(seed)[1]
+        self._kid = kid(self._verify_key)
 
     @classmethod
     def from_seed(cls, seed: bytes) -> SigningKey:
@@ -149,15 +154,16 @@ class SigningKey:
 
     @property
     def kid(self) -> bytes:
-        return kid(self._verify_key)
+        return self._kid
 
     def sign(self, message: bytes) -> bytes:
         """Return the 64-byte pure Ed25519 signature of *message*.
 
-        PyNaCl's one-shot ``sign`` is pure Ed25519; libsodium's multi-part
-        API would be Ed25519ph and verify nowhere else.
+        libsodium's one-shot ``crypto_sign`` is pure Ed25519 (what PyNaCl's
+        ``SigningKey.sign`` calls); its multi-part API would be Ed25519ph and
+        verify nowhere else.
         """
-        return self._nacl.sign(bytes(message)).signature
+        return nacl.bindings.crypto_sign(bytes(message), self._secret)[:SIGNATURE_SIZE]
 
     def __repr__(self) -> str:
         return f"SigningKey(kid={self.kid.hex()})"

@@ -47,6 +47,7 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 _LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"
+_sha256 = hashlib.sha256
 
 
 class InvalidProofError(ValueError):
@@ -269,18 +270,27 @@ class MerkleAccumulator:
 
     def append(self, leaf: bytes) -> int:
         """Add a leaf hash (see `leaf_hash`); return its index."""
-        h = _check_hash(leaf, "leaf hash", ValueError)
-        merged: list[bytes] = []
+        return self.append_unchecked(_check_hash(leaf, "leaf hash", ValueError))
+
+    def append_unchecked(self, leaf: bytes) -> int:
+        """`append` for a caller that has just computed *leaf* with SHA-256 (the log writer, the verifier)."""
+        peaks = self._peaks
         s = self._size
-        while s & 1:
-            left = self._peaks.pop()
-            merged.append(left)
-            h = node_hash(left, h)
-            s >>= 1
-        self._peaks.append(h)
-        self._last_path = tuple(merged)
+        if s & 1:
+            h = leaf
+            merged: list[bytes] = []
+            while s & 1:
+                left = peaks.pop()
+                merged.append(left)
+                h = _sha256(b"".join((_NODE_PREFIX, left, h))).digest()
+                s >>= 1
+            peaks.append(h)
+            self._last_path = tuple(merged)
+        else:
+            peaks.append(leaf)
+            self._last_path = ()
         index = self._size
-        self._size += 1
+        self._size = index + 1
         return index
 
     def root(self) -> bytes:

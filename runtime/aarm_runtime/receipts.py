@@ -3,10 +3,11 @@
 A receipt is a tagged COSE_Sign1 (RFC 9052) signed with Ed25519 whose payload
 is a deterministic-CBOR map with **integer keys in 0..23 only**, in every map
 and every nested map. That keeps cbor2's length-first "canonical" ordering and
-the RFC 8949 §4.2.1 bytewise ordering identical, and lets this module encode
-with cbor2's C encoder (maps are built in ascending key order) while
-`aarm_runtime.dcbor` stays the reference: tests check the two agree byte for
-byte. There are no floats anywhere: times are integer nanoseconds since the
+the RFC 8949 §4.2.1 bytewise ordering identical, so the writer can build the
+bytes directly (`encode_payload`: keys in ascending order, every head the
+shortest) and the strict parser can check them with cbor2's C encoder, while
+`aarm_runtime.dcbor` stays the reference: tests check all three agree byte
+for byte. There are no floats anywhere: times are integer nanoseconds since the
 Unix epoch; raw params, where the policy allows them in a receipt, are RFC
 8785 canonical JSON text (`aarm_runtime.values.canonical_json`, decimals as
 exact text). A digest is ``[-16, sha256]`` (RFC 9054: -16 is SHA-256).
@@ -116,6 +117,7 @@ import dataclasses
 import enum
 import hashlib
 import io
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -156,15 +158,18 @@ __all__ = [
     "digest_bytes",
     "digest_json",
     "encode_payload",
+    "encode_record_payload",
     "facts",
     "outcome_record",
     "parse_item",
     "protected_receipt_header",
     "resolution_record",
     "rotation_pop_message",
+    "scan_receipt",
     "session_end_record",
     "session_start_record",
     "sig_structure",
+    "sign1_receipt",
     "sign_receipt",
     "split_items",
 ]
@@ -198,6 +203,11 @@ class Kind(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower().replace("_", "-")
 
+
+# Plain names for the kinds the state machine tests on every record.
+_LOG_OPEN, _SESSION_START, _DECISION, _APPROVAL, _DEFERRAL_RESOLUTION, _OUTCOME, _SESSION_END, _LOG_CLOSE = (
+    Kind.LOG_OPEN, Kind.SESSION_START, Kind.DECISION, Kind.APPROVAL, Kind.DEFERRAL_RESOLUTION, Kind.OUTCOME,
+    Kind.SESSION_END, Kind.LOG_CLOSE)
 
 # Payload keys (see the table in the module docstring).
 K_VERSION = 0
@@ -324,6 +334,10 @@ class Action:
     wrapper: str | None = None
 
     def __post_init__(self) -> None:
+        if (type(self.tool) is str and type(self.params_digest) is bytes and len(self.params_digest) == 32
+                and (self.params_json is None or type(self.params_json) is str)
+                and (self.wrapper is None or type(self.wrapper) is str)):
+            return  # the common case, checked in one expression; the general checks accept subclasses too
         _text(self.tool, "action tool")
         _hash(self.params_digest, "action params digest")
         _opt_text(self.params_json, "action params json")
@@ -515,21 +529,15 @@ class Record:
         if type(kind) is not Kind:
             kind = Kind(kind)
             object.__setattr__(self, "kind", kind)
-        present = set()
-        for key, name, want in _FIELD_TYPES:
-            value = getattr(self, name)
-            if value is None:
-                continue
-            present.add(key)
-            if type(value) is not want:
-                raise TypeError(f"{name.replace('_', ' ')} must be `{want.__name__}`, got `{type(value).__name__}`")
+        # Which fields are present, and their types, is one tuple of types: the guard builds records of a
+        # handful of shapes again and again, so a shape checked once is remembered.
+        shape = (kind, *map(type, _field_values(self)))
+        if shape not in _GOOD_SHAPES:
+            _check_shape(self, kind)
+            if len(_GOOD_SHAPES) < 4096:
+                _GOOD_SHAPES.add(shape)
         if self.context is not None and len(self.context) != 32:
             raise TypeError("context digest must be a 32-byte sha-256 digest")
-        required, optional = _SHAPES[kind]
-        if not required <= present:
-            raise ValueError(f"{kind.label} record needs {_names(required - present)}")
-        if not present <= required | optional:
-            raise ValueError(f"{kind.label} record cannot carry {_names(present - required - optional)}")
         if self.resolution is not None:
             problem = _resolution_problem(kind, self.resolution)
             if problem:
@@ -614,6 +622,27 @@ _FIELD_TYPES = (
     (K_ROTATION, "rotation", Rotation), (K_RECOVERY, "recovery", Recovery), (K_CLOSE, "close", Close),
     (K_NOTE, "note", str),
 )
+
+_field_values = operator.attrgetter(*(name for _, name, _ in _FIELD_TYPES))
+_GOOD_SHAPES: set[tuple[Any, ...]] = set()
+
+
+def _check_shape(record: Record, kind: Kind) -> None:
+    """Every present field has its type, and the kind has every field it needs and no other."""
+    present = set()
+    for key, name, want in _FIELD_TYPES:
+        value = getattr(record, name)
+        if value is None:
+            continue
+        present.add(key)
+        if type(value) is not want:
+            raise TypeError(f"{name.replace('_', ' ')} must be `{want.__name__}`, got `{type(value).__name__}`")
+    required, optional = _SHAPES[kind]
+    if not required <= present:
+        raise ValueError(f"{kind.label} record needs {_names(required - present)}")
+    if not present <= required | optional:
+        raise ValueError(f"{kind.label} record cannot carry {_names(present - required - optional)}")
+
 
 # Constructors without __post_init__ for the strict parser, which has checked every field already.
 _new_action = _factory(Action)
@@ -782,20 +811,220 @@ def _payload_map(r: Receipt) -> dict[int, Any]:
 
 
 def encode_payload(receipt: Receipt) -> bytes:
-    """Deterministic CBOR of the receipt payload (equal to ``dcbor.encode`` of the same map)."""
-    return cbor2.dumps(_payload_map(receipt))
+    """Deterministic CBOR of the receipt payload (equal to ``dcbor.encode(_payload_map(receipt))``)."""
+    return encode_record_payload(receipt.log_id, receipt.seq, receipt.prev, receipt.time_ns, receipt.record)
+
+
+# ---- the writer's encoder
+#
+# `_payload_map` + cbor2 is the readable definition; the log writer encodes
+# every record, so this builds the same bytes directly: heads by table, the
+# maps' keys already in ascending order, and the sub-maps a guard passes again
+# and again (its policy, a session's identity, a rule's decision) encoded once
+# and remembered by object identity. The tests hold it to `dcbor.encode` of
+# `_payload_map` byte for byte.
+
+_HEADS = tuple(tuple(bytes((major << 5 | n,)) for n in range(24)) for major in range(8))
+
+
+def _head(major: int, n: int) -> bytes:
+    if n < 24:
+        return _HEADS[major][n]
+    mt = major << 5
+    if n < 0x100:
+        return bytes((mt | 24, n))
+    if n < 0x10000:
+        return bytes((mt | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((mt | 26,)) + n.to_bytes(4, "big")
+    if n <= _INT_MAX:
+        return bytes((mt | 27,)) + n.to_bytes(8, "big")
+    raise dcbor.EncodingError(f"integer `{n}` does not fit in 64 bits; bignums are not allowed")
+
+
+def _e_uint(n: int) -> bytes:
+    if n < 0:
+        raise dcbor.EncodingError(f"`{n}` is negative where an unsigned integer belongs")
+    return _head(0, n)
+
+
+_TEXT_HEADS = _HEADS[3]
+
+
+def _e_text(value: str) -> bytes:
+    raw = value.encode("utf-8")
+    n = len(raw)
+    return (_TEXT_HEADS[n] if n < 24 else _head(3, n)) + raw
+
+
+def _e_texts(items: tuple[str, ...]) -> bytes:
+    return _head(4, len(items)) + b"".join([_e_text(t) for t in items])
+
+
+_DIGEST_HEAD = b"\x82\x2f\x58\x20"  # [-16, bstr .size 32
+_E_TRUE, _E_FALSE = b"\xf5", b"\xf4"
+
+
+def _e_digest(digest: bytes) -> bytes:
+    if len(digest) != 32:
+        raise dcbor.EncodingError("a digest must be 32 bytes")
+    return _DIGEST_HEAD + digest
+
+
+def _e_action(a: Action) -> bytes:
+    n = 2
+    parts = [b"", b"\x00", _e_text(a.tool), b"\x01", _e_digest(a.params_digest)]
+    if a.params_json is not None:
+        parts += (b"\x02", _e_text(a.params_json))
+        n += 1
+    if a.wrapper is not None:
+        parts += (b"\x03", _e_text(a.wrapper))
+        n += 1
+    parts[0] = _HEADS[5][n]
+    return b"".join(parts)
+
+
+def _e_decision(d: DecisionInfo) -> bytes:
+    n = 4
+    parts = [b"", b"\x00", _e_text(d.effect), b"\x01", _e_texts(d.rules), b"\x02", _e_text(d.reason), b"\x03",
+             _e_text(d.message)]
+    if d.params_digest is not None:
+        parts += (b"\x04", _e_digest(d.params_digest))
+        n += 1
+    if d.params_json is not None:
+        parts += (b"\x05", _e_text(d.params_json))
+        n += 1
+    if d.approvers:
+        parts += (b"\x06", _e_texts(d.approvers))
+        n += 1
+    if d.timeout_s is not None:
+        parts += (b"\x07", _e_uint(d.timeout_s))
+        n += 1
+    parts[0] = _HEADS[5][n]
+    return b"".join(parts)
+
+
+def _e_policy(p: PolicyRef) -> bytes:
+    return b"".join((b"\xa3\x00", _e_digest(p.digest), b"\x01", _e_text(p.policy), b"\x02", _e_text(p.version)))
+
+
+def _e_identity(i: Identity) -> bytes:
+    parts = [b""]
+    for key, value in ((b"\x00", i.principal), (b"\x01", i.agent), (b"\x02", i.service), (b"\x03", i.role)):
+        if value is not None:
+            parts += (key, _e_text(value))
+    if i.scopes:
+        parts += (b"\x04", _e_texts(i.scopes))
+    if i.delegation:
+        parts += (b"\x05", _e_texts(i.delegation))
+    if i.assertion_digest is not None:
+        parts += (b"\x06", _e_digest(i.assertion_digest))
+    parts[0] = _HEADS[5][len(parts) // 2]
+    return b"".join(parts)
+
+
+def _e_outcome(o: Outcome) -> bytes:
+    parts = [b"", b"\x00", _E_TRUE if o.ok else _E_FALSE]
+    if o.output_digest is not None:
+        parts += (b"\x01", _e_digest(o.output_digest))
+    parts += (b"\x02", _e_uint(o.start_ns), b"\x03", _e_uint(o.end_ns))
+    if o.error is not None:
+        parts += (b"\x04", _e_text(o.error))
+    parts[0] = _HEADS[5][len(parts) // 2]
+    return b"".join(parts)
+
+
+def _e_resolution(r: Resolution) -> bytes:
+    if r.next_decision is None:
+        return b"\xa1\x00" + _e_text(r.verdict)
+    return b"".join((b"\xa2\x00", _e_text(r.verdict), b"\x01", _e_text(r.next_decision)))
+
+
+# id(object) -> (object, encoding). The entry holds the object, so its id cannot be reused while cached;
+# the objects are frozen dataclasses.
+_ENCODED: dict[int, tuple[Any, bytes]] = {}
+_ENCODED_MAX = 4096
+
+
+def _cached(obj: Any, encoder: Any) -> bytes:
+    got = _ENCODED.get(id(obj))
+    if got is not None and got[0] is obj:
+        return got[1]
+    data = encoder(obj)
+    if len(_ENCODED) >= _ENCODED_MAX:
+        _ENCODED.clear()
+    _ENCODED[id(obj)] = (obj, data)
+    return data
+
+
+_KIND_FIELD = tuple(bytes((K_KIND, k)) for k in range(len(Kind)))
+
+
+def encode_record_payload(log_id: bytes, seq: int, prev: bytes, time_ns: int, rec: Record) -> bytes:
+    """`encode_payload` of ``Receipt(log_id, seq, prev, time_ns, rec)`` without building the `Receipt`."""
+    if len(log_id) != LOG_ID_SIZE or len(prev) != 32 or seq < 0 or time_ns < 0:
+        raise dcbor.EncodingError("log id, prev, seq or time out of range")
+    # Keys 0-5; then the optional fields in ascending key order.
+    parts = [b"", b"\x00\x01\x01\x50", log_id, b"\x02", _head(0, seq), b"\x03\x82\x2f\x58\x20", prev,
+             _KIND_FIELD[rec.kind], b"\x05", _head(0, time_ns)]
+    n = 6
+    if rec.session is not None:
+        parts += (b"\x06", _e_text(rec.session))
+        n += 1
+    if rec.action_id is not None:
+        parts += (b"\x07", _e_text(rec.action_id))
+        n += 1
+    if rec.decision_id is not None:
+        parts += (b"\x08", _e_text(rec.decision_id))
+        n += 1
+    if rec.action is not None:
+        parts += (b"\x09", _e_action(rec.action))
+        n += 1
+    if rec.decision is not None:
+        parts += (b"\x0a", _cached(rec.decision, _e_decision))
+        n += 1
+    if rec.policy is not None:
+        parts += (b"\x0b", _cached(rec.policy, _e_policy))
+        n += 1
+    if rec.identity is not None:
+        parts += (b"\x0c", _cached(rec.identity, _e_identity))
+        n += 1
+    if rec.context is not None:
+        parts += (b"\x0d", _e_digest(rec.context))
+        n += 1
+    if rec.ref is not None:
+        parts += (b"\x0e", _e_text(rec.ref))
+        n += 1
+    if rec.outcome is not None:
+        parts += (b"\x0f", _e_outcome(rec.outcome))
+        n += 1
+    if rec.approver is not None:
+        parts += (b"\x10", _e_text(rec.approver))
+        n += 1
+    if rec.resolution is not None:
+        parts += (b"\x11", _e_resolution(rec.resolution))
+        n += 1
+    if rec.rotation is not None:
+        t = rec.rotation
+        parts += (b"\x12\xa2\x00", _head(2, len(t.public_key)), t.public_key, b"\x01", _head(2, len(t.proof)),
+                  t.proof)
+        n += 1
+    if rec.recovery is not None:
+        v = rec.recovery
+        parts += (b"\x13\xa3\x00", _e_uint(v.offset), b"\x01", _e_uint(v.length), b"\x02", _e_digest(v.digest))
+        n += 1
+    if rec.close is not None:
+        parts += (b"\x14\xa1\x00", _e_uint(rec.close.checkpoints))
+        n += 1
+    if rec.note is not None:
+        parts += (b"\x15", _e_text(rec.note))
+        n += 1
+    parts[0] = _HEADS[5][n]
+    return b"".join(parts)
 
 
 def _bstr_head(n: int) -> bytes:
-    if n < 24:
-        return bytes((0x40 | n,))
-    if n < 0x100:
-        return bytes((0x58, n))
-    if n < 0x10000:
-        return b"\x59" + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return b"\x5a" + n.to_bytes(4, "big")
-    return b"\x5b" + n.to_bytes(8, "big")
+    return _head(2, n)
 
 
 _SIG1_PREFIX = b"\x84\x6aSignature1"  # ["Signature1", ...] header and context string
@@ -804,12 +1033,19 @@ _SIGN1_HEAD = b"\xd2\x84"  # tag 18, array of 4
 _SIG_HEAD = b"\x58\x40"  # bstr of 64 bytes
 _EMPTY_MAP = b"\xa0"
 _NIL = b"\xf6"
+_TYP_RECEIPT_FIELD = b"\x10" + _e_text(cose.TYP_RECEIPT)
+
+
+def _e_int(n: int) -> bytes:
+    return _head(0, n) if n >= 0 else _head(1, -1 - n)
 
 
 def protected_receipt_header(kid: bytes, issuer: str, subject: str, iat: int, alg: int = cose.ALG_ED25519) -> bytes:
     """Deterministic CBOR of a receipt's protected header (labels 1, 4, 15, 16: ascending, one byte each)."""
-    return cbor2.dumps({cose.HDR_ALG: alg, cose.HDR_KID: kid, cose.HDR_CWT_CLAIMS: {1: issuer, 2: subject, 6: iat},
-                        cose.HDR_TYP: cose.TYP_RECEIPT})
+    if len(kid) != 32:
+        raise dcbor.EncodingError("kid must be a 32-byte thumbprint")
+    return b"".join((b"\xa4\x01", _e_int(alg), b"\x04\x58\x20", kid, b"\x0f\xa3\x01", _e_text(issuer), b"\x02",
+                     _e_text(subject), b"\x06", _e_uint(iat), _TYP_RECEIPT_FIELD))
 
 
 def sig_structure(protected: bytes, payload: bytes) -> bytes:
@@ -826,10 +1062,14 @@ def sign_receipt(payload: bytes, key: keys.SigningKey, *, issuer: str, subject: 
     encoder costs more than the signature; the tests hold the two to byte
     equality. *kid* may be passed to save recomputing the key's thumbprint.
     """
-    protected = protected_receipt_header(kid or key.kid, issuer, subject, iat)
-    signature = key.sign(sig_structure(protected, payload))
-    return b"".join((_SIGN1_HEAD, _bstr_head(len(protected)), protected, _EMPTY_MAP, _bstr_head(len(payload)),
-                     payload, _SIG_HEAD, signature))
+    return sign1_receipt(protected_receipt_header(kid or key.kid, issuer, subject, iat), payload, key)
+
+
+def sign1_receipt(protected: bytes, payload: bytes, key: keys.SigningKey) -> bytes:
+    """The tagged COSE_Sign1 of *payload* under the encoded *protected* header (`protected_receipt_header`)."""
+    ph, pl = _bstr_head(len(protected)), _bstr_head(len(payload))
+    signature = key.sign(b"".join((_SIG1_PREFIX, ph, protected, _EMPTY_AAD, pl, payload)))
+    return b"".join((_SIGN1_HEAD, ph, protected, _EMPTY_MAP, pl, payload, _SIG_HEAD, signature))
 
 
 def checkpoint_headers(kid: bytes, issuer: str, log_id: bytes, iat: int, tree_size: int,
@@ -876,17 +1116,29 @@ def _loads_exact(data: bytes, what: str) -> Any:
     return value
 
 
-def _map(value: Any, allowed: frozenset[int] | range, what: str) -> dict[int, Any]:
+def _map(value: Any, allowed: range, what: str) -> dict[int, Any]:
+    # Valid when the keys, in the map's own order, are exactly the allowed integers it holds, in ascending
+    # order: one comparison of tuples, plus one look at the key types (True == 1 and 1.0 == 1 as dict keys).
     if type(value) is not dict:
         raise _fail(f"{what} must be a map")
+    keys = tuple(value)
+    if keys != tuple(filter(value.__contains__, allowed)) or (keys and {*map(type, keys)} != _INT_ONLY):
+        raise _map_problem(value, allowed, what)
+    return value
+
+
+_INT_ONLY = {int}
+
+
+def _map_problem(value: dict[Any, Any], allowed: range, what: str) -> ReceiptFormatError:
     last = -1 << 70
     for k in value:
         if type(k) is not int or k not in allowed:
-            raise _fail(f"{what} has unknown key `{k!r}`")
+            return _fail(f"{what} has unknown key `{k!r}`")
         if k <= last:
-            raise _fail(f"{what} keys are not in ascending order")
+            return _fail(f"{what} keys are not in ascending order")
         last = k
-    return value
+    return _fail(f"{what} keys are not in ascending order")  # pragma: no cover - the loop finds the problem
 
 
 def _p_text(value: Any, what: str) -> str:
@@ -944,16 +1196,23 @@ _R7 = range(7)
 _R8 = range(8)
 _R1 = range(1)
 _TOP = range(K_NOTE + 1)
+_KINDS = tuple(Kind)
+_HEADER_KEYS = frozenset({K_VERSION, K_LOG_ID, K_SEQ, K_PREV, K_KIND, K_TIME})
+
+# Strict decoding is in two steps: `_check_payload` checks every field of the decoded map and builds nothing
+# (all the verifier needs), `_build_receipt` turns a checked map into a `Receipt` (for readers that keep
+# records) without checking again.
 
 
-def _p_action(v: Any) -> Action:
+def _p_action(v: Any) -> None:
     m = _map(v, _R4, "action")
     text = m.get(2)
     digest = _p_digest(_req(m, 1, "action params digest"), "action params digest")
     if text is not None:
         _p_json_text(text, digest, "action params json")
-    return _new_action(tool=_p_text(_req(m, 0, "action tool"), "action tool"), params_digest=digest,
-                  params_json=text, wrapper=None if 3 not in m else _p_text(m[3], "action wrapper"))
+    _p_text(_req(m, 0, "action tool"), "action tool")
+    if 3 in m:
+        _p_text(m[3], "action wrapper")
 
 
 def _p_json_text(text: Any, digest: bytes, what: str) -> None:
@@ -968,7 +1227,7 @@ def _p_json_text(text: Any, digest: bytes, what: str) -> None:
         raise _fail(f"{what} is not rfc 8785 canonical json")
 
 
-def _p_decision(v: Any) -> DecisionInfo:
+def _p_decision(v: Any) -> str:
     m = _map(v, _R8, "decision")
     effect = _p_text(_req(m, 0, "decision effect"), "decision effect")
     if effect not in DECISIONS:
@@ -979,34 +1238,37 @@ def _p_decision(v: Any) -> DecisionInfo:
         if digest is None:
             raise _fail("modified params json without its digest")
         _p_json_text(text, digest, "modified params json")
-    return _new_decisioninfo(
-        effect=effect, rules=_p_texts(_req(m, 1, "decision rules"), "decision rules"),
-        reason=_p_text(_req(m, 2, "decision reason"), "decision reason"),
-        message=_p_text(_req(m, 3, "decision message"), "decision message"),
-        params_digest=digest, params_json=text,
-        approvers=() if 6 not in m else _p_nonempty_texts(m[6], "decision approvers"),
-        timeout_s=None if 7 not in m else _p_uint(m[7], "decision timeout"),
-    )
+    _p_texts(_req(m, 1, "decision rules"), "decision rules")
+    _p_text(_req(m, 2, "decision reason"), "decision reason")
+    _p_text(_req(m, 3, "decision message"), "decision message")
+    if 6 in m:
+        _p_nonempty_texts(m[6], "decision approvers")
+    if 7 in m:
+        _p_uint(m[7], "decision timeout")
+    return effect
 
 
-def _p_policy(v: Any) -> PolicyRef:
+def _p_policy(v: Any) -> None:
     m = _map(v, _R3, "policy")
-    return _new_policyref(digest=_p_digest(_req(m, 0, "policy digest"), "policy digest"),
-                     policy=_p_text(_req(m, 1, "policy id"), "policy id"),
-                     version=_p_text(_req(m, 2, "policy version"), "policy version"))
+    _p_digest(_req(m, 0, "policy digest"), "policy digest")
+    _p_text(_req(m, 1, "policy id"), "policy id")
+    _p_text(_req(m, 2, "policy version"), "policy version")
 
 
-def _p_identity(v: Any) -> Identity:
+_IDENTITY_TEXTS = ((0, "identity principal"), (1, "identity agent"), (2, "identity service"), (3, "identity role"))
+
+
+def _p_identity(v: Any) -> None:
     m = _map(v, _R7, "identity")
-    return _new_identity(
-        principal=None if 0 not in m else _p_text(m[0], "identity principal"),
-        agent=None if 1 not in m else _p_text(m[1], "identity agent"),
-        service=None if 2 not in m else _p_text(m[2], "identity service"),
-        role=None if 3 not in m else _p_text(m[3], "identity role"),
-        scopes=() if 4 not in m else _p_nonempty_texts(m[4], "identity scopes"),
-        delegation=() if 5 not in m else _p_nonempty_texts(m[5], "identity delegation"),
-        assertion_digest=None if 6 not in m else _p_digest(m[6], "identity assertion digest"),
-    )
+    for key, what in _IDENTITY_TEXTS:
+        if key in m:
+            _p_text(m[key], what)
+    if 4 in m:
+        _p_nonempty_texts(m[4], "identity scopes")
+    if 5 in m:
+        _p_nonempty_texts(m[5], "identity delegation")
+    if 6 in m:
+        _p_digest(m[6], "identity assertion digest")
 
 
 def _p_nonempty_texts(v: Any, what: str) -> tuple[str, ...]:
@@ -1017,84 +1279,146 @@ def _p_nonempty_texts(v: Any, what: str) -> tuple[str, ...]:
     return out
 
 
-def _p_outcome(v: Any) -> Outcome:
+def _p_outcome(v: Any) -> None:
     m = _map(v, _R5, "outcome")
     start = _p_uint(_req(m, 2, "outcome start"), "outcome start")
     end = _p_uint(_req(m, 3, "outcome end"), "outcome end")
     if end < start:
         raise _fail("outcome ends before it starts")
-    return _new_outcome(ok=_p_bool(_req(m, 0, "outcome ok"), "outcome ok"), start_ns=start, end_ns=end,
-                   output_digest=None if 1 not in m else _p_digest(m[1], "output digest"),
-                   error=None if 4 not in m else _p_text(m[4], "outcome error"))
+    _p_bool(_req(m, 0, "outcome ok"), "outcome ok")
+    if 1 in m:
+        _p_digest(m[1], "output digest")
+    if 4 in m:
+        _p_text(m[4], "outcome error")
 
 
-def _p_resolution(v: Any) -> Resolution:
-    m = _map(v, _R2, "resolution")
-    return _new_resolution(verdict=_p_text(_req(m, 0, "resolution verdict"), "resolution verdict"),
-                      next_decision=None if 1 not in m else _p_text(m[1], "next decision id"))
+_TEXT_FIELDS = tuple((key, _FIELD_NAMES[key].replace("_", " ")) for key in
+                     (K_SESSION, K_ACTION_ID, K_DECISION_ID, K_REF, K_APPROVER, K_NOTE))
 
 
-def decode_payload(data: bytes) -> Receipt:
-    """Parse a receipt payload strictly: deterministic CBOR, known keys only, the fields its kind allows."""
+def _check_payload(data: bytes) -> tuple[dict[int, Any], Kind]:
+    """Decode a receipt payload and check it strictly; return the map (as checked) and the record kind."""
     m = _map(_loads_exact(data, "receipt payload"), _TOP, "receipt payload")
     version = _req(m, K_VERSION, "version")
     if type(version) is not int or version != VERSION:
         raise _fail(f"receipt version `{version!r}` is not {VERSION}")
     kind_no = _p_uint(_req(m, K_KIND, "kind"), "kind")
-    try:
-        kind = Kind(kind_no)
-    except ValueError:
-        raise _fail(f"record kind {kind_no} is unknown") from None
+    if kind_no >= len(_KINDS):
+        raise _fail(f"record kind {kind_no} is unknown")
+    kind = _KINDS[kind_no]
     required, optional = _SHAPES[kind]
-    present = m.keys() - {K_VERSION, K_LOG_ID, K_SEQ, K_PREV, K_KIND, K_TIME}
+    present = m.keys() - _HEADER_KEYS
     if not required <= present:
         raise _fail(f"{kind.label} record needs {_names(required - present)}")
     if not present <= required | optional:
         raise _fail(f"{kind.label} record cannot carry {_names(present - required - optional)}")
-    g = m.get
-    fields: dict[str, Any] = {}
-    for key in (K_SESSION, K_ACTION_ID, K_DECISION_ID, K_REF, K_APPROVER, K_NOTE):
+    for key, what in _TEXT_FIELDS:
         if key in m:
-            fields[_FIELD_NAMES[key]] = _p_text(m[key], _FIELD_NAMES[key].replace("_", " "))
+            _p_text(m[key], what)
     if K_ACTION in m:
-        fields["action"] = _p_action(m[K_ACTION])
+        _p_action(m[K_ACTION])
     if K_DECISION in m:
-        fields["decision"] = _p_decision(m[K_DECISION])
+        _p_decision(m[K_DECISION])
     if K_POLICY in m:
-        fields["policy"] = _p_policy(m[K_POLICY])
+        _p_policy(m[K_POLICY])
     if K_IDENTITY in m:
-        fields["identity"] = _p_identity(m[K_IDENTITY])
+        _p_identity(m[K_IDENTITY])
     if K_CONTEXT in m:
-        fields["context"] = _p_digest(m[K_CONTEXT], "context digest")
+        _p_digest(m[K_CONTEXT], "context digest")
     if K_OUTCOME in m:
-        fields["outcome"] = _p_outcome(m[K_OUTCOME])
+        _p_outcome(m[K_OUTCOME])
     if K_RESOLUTION in m:
-        fields["resolution"] = _p_resolution(m[K_RESOLUTION])
+        rm = _map(m[K_RESOLUTION], _R2, "resolution")
+        verdict = _p_text(_req(rm, 0, "resolution verdict"), "resolution verdict")
+        next_decision = None if 1 not in rm else _p_text(rm[1], "next decision id")
     if K_ROTATION in m:
         rm = _map(m[K_ROTATION], _R2, "rotation")
-        fields["rotation"] = _new_rotation(
-            public_key=_p_bytes(_req(rm, 0, "rotation public key"), keys.PUBLIC_KEY_SIZE, "rotation public key"),
-            proof=_p_bytes(_req(rm, 1, "rotation proof"), keys.SIGNATURE_SIZE, "rotation proof"))
+        _p_bytes(_req(rm, 0, "rotation public key"), keys.PUBLIC_KEY_SIZE, "rotation public key")
+        _p_bytes(_req(rm, 1, "rotation proof"), keys.SIGNATURE_SIZE, "rotation proof")
     if K_RECOVERY in m:
         vm = _map(m[K_RECOVERY], _R3, "recovery")
-        fields["recovery"] = _new_recovery(offset=_p_uint(_req(vm, 0, "recovery offset"), "recovery offset"),
-                                      length=_p_uint(_req(vm, 1, "recovery length"), "recovery length"),
-                                      digest=_p_digest(_req(vm, 2, "recovery digest"), "recovery digest"))
+        _p_uint(_req(vm, 0, "recovery offset"), "recovery offset")
+        _p_uint(_req(vm, 1, "recovery length"), "recovery length")
+        _p_digest(_req(vm, 2, "recovery digest"), "recovery digest")
     if K_CLOSE in m:
         cm = _map(m[K_CLOSE], _R1, "close")
-        fields["close"] = _new_close(checkpoints=_p_uint(_req(cm, 0, "close checkpoints"), "close checkpoints"))
+        _p_uint(_req(cm, 0, "close checkpoints"), "close checkpoints")
     if K_RESOLUTION in m:
-        problem = _resolution_problem(kind, fields["resolution"])
+        problem = _resolution_problem(kind, _new_resolution(verdict=verdict, next_decision=next_decision))
         if problem:
             raise _fail(problem)
-    return _new_receipt(
-        log_id=_p_bytes(_req(m, K_LOG_ID, "log id"), LOG_ID_SIZE, "log id"),
-        seq=_p_uint(_req(m, K_SEQ, "seq"), "seq"),
-        prev=_p_digest(g(K_PREV), "prev"),
-        time_ns=_p_uint(_req(m, K_TIME, "time"), "time"),
-        record=_new_record(kind=kind, **fields),
-        version=VERSION,
-    )
+    _p_bytes(_req(m, K_LOG_ID, "log id"), LOG_ID_SIZE, "log id")
+    _p_uint(_req(m, K_SEQ, "seq"), "seq")
+    _p_digest(m.get(K_PREV), "prev")
+    _p_uint(_req(m, K_TIME, "time"), "time")
+    return m, kind
+
+
+def _texts_or_empty(m: dict[int, Any], key: int) -> tuple[str, ...]:
+    v = m.get(key)
+    return () if v is None else tuple(v)
+
+
+def _digest_or_none(v: Any) -> bytes | None:
+    return None if v is None else v[1]
+
+
+def _build_receipt(m: dict[int, Any], kind: Kind) -> Receipt:
+    """The `Receipt` of a map `_check_payload` accepted (nothing is checked again)."""
+    g = m.get
+    action = decision = policy = identity = outcome = resolution = rotation = recovery = close = None
+    if K_ACTION in m:
+        am = m[K_ACTION]
+        action = _new_action(tool=am[0], params_digest=am[1][1], params_json=am.get(2), wrapper=am.get(3))
+    if K_DECISION in m:
+        dm = m[K_DECISION]
+        decision = _new_decisioninfo(effect=dm[0], rules=tuple(dm[1]), reason=dm[2], message=dm[3],
+                                     params_digest=_digest_or_none(dm.get(4)), params_json=dm.get(5),
+                                     approvers=_texts_or_empty(dm, 6), timeout_s=dm.get(7))
+    if K_POLICY in m:
+        pm = m[K_POLICY]
+        policy = _new_policyref(digest=pm[0][1], policy=pm[1], version=pm[2])
+    if K_IDENTITY in m:
+        im = m[K_IDENTITY]
+        identity = _new_identity(principal=im.get(0), agent=im.get(1), service=im.get(2), role=im.get(3),
+                                 scopes=_texts_or_empty(im, 4), delegation=_texts_or_empty(im, 5),
+                                 assertion_digest=_digest_or_none(im.get(6)))
+    if K_OUTCOME in m:
+        om = m[K_OUTCOME]
+        outcome = _new_outcome(ok=om[0], start_ns=om[2], end_ns=om[3], output_digest=_digest_or_none(om.get(1)),
+                               error=om.get(4))
+    if K_RESOLUTION in m:
+        sm = m[K_RESOLUTION]
+        resolution = _new_resolution(verdict=sm[0], next_decision=sm.get(1))
+    if K_ROTATION in m:
+        rm = m[K_ROTATION]
+        rotation = _new_rotation(public_key=rm[0], proof=rm[1])
+    if K_RECOVERY in m:
+        vm = m[K_RECOVERY]
+        recovery = _new_recovery(offset=vm[0], length=vm[1], digest=vm[2][1])
+    if K_CLOSE in m:
+        close = _new_close(checkpoints=m[K_CLOSE][0])
+    record = _new_record(kind=kind, session=g(K_SESSION), action_id=g(K_ACTION_ID), decision_id=g(K_DECISION_ID),
+                         action=action, decision=decision, policy=policy, identity=identity,
+                         context=_digest_or_none(g(K_CONTEXT)), ref=g(K_REF), outcome=outcome,
+                         approver=g(K_APPROVER), resolution=resolution, rotation=rotation, recovery=recovery,
+                         close=close, note=g(K_NOTE))
+    return _new_receipt(log_id=m[K_LOG_ID], seq=m[K_SEQ], prev=m[K_PREV][1], time_ns=m[K_TIME], record=record,
+                        version=VERSION)
+
+
+def decode_payload(data: bytes) -> Receipt:
+    """Parse a receipt payload strictly: deterministic CBOR, known keys only, the fields its kind allows."""
+    return _build_receipt(*_check_payload(data))
+
+
+def _payload_facts(m: dict[int, Any], kind: Kind) -> tuple:
+    """`facts` of the record in a checked payload map, without building it."""
+    g = m.get
+    d = g(K_DECISION)
+    s = g(K_RESOLUTION)
+    return (kind, g(K_SESSION), g(K_DECISION_ID), g(K_REF), g(K_ACTION_ID), None if d is None else d[0],
+            None if s is None else s[0])
 
 
 # ----------------------------------------------------------------------------- items of a log
@@ -1165,12 +1489,95 @@ def _p_protected(protected: bytes, labels: tuple[int, ...], typ: str, what: str)
     return alg, kid, issuer, subject, iat
 
 
+def _bstr_at(data: bytes, pos: int) -> tuple[int, int]:
+    """(start, end) of the byte string whose head is at *pos*, if that head is a shortest one; else IndexError."""
+    b = data[pos]
+    if 0x40 <= b < 0x58:
+        return pos + 1, pos + 1 + b - 0x40
+    if b == 0x58 and data[pos + 1] >= 24:
+        return pos + 2, pos + 2 + data[pos + 1]
+    if b == 0x59:
+        n = int.from_bytes(data[pos + 1:pos + 3], "big")
+        if n >= 0x100:
+            return pos + 3, pos + 3 + n
+    elif b == 0x5A:
+        n = int.from_bytes(data[pos + 1:pos + 5], "big")
+        if n >= 0x10000:
+            return pos + 5, pos + 5 + n
+    elif b == 0x5B:
+        n = int.from_bytes(data[pos + 1:pos + 9], "big")
+        if n >= 0x100000000:
+            return pos + 9, pos + 9 + n
+    raise IndexError(pos)
+
+
+def _receipt_envelope(data: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(protected, payload, signature) when *data* is exactly ``18([protected, {}, payload, signature])``
+    with shortest heads — the only encoding of a receipt `parse_item` accepts; None for anything else."""
+    if data[:2] != _SIGN1_HEAD:
+        return None
+    try:
+        ps, pe = _bstr_at(data, 2)
+        if data[pe] != 0xA0:
+            return None
+        ys, ye = _bstr_at(data, pe + 1)
+    except IndexError:
+        return None
+    if len(data) != ye + 2 + keys.SIGNATURE_SIZE or data[ye:ye + 2] != _SIG_HEAD:
+        return None
+    return data[ps:pe], data[ys:ye], data[ye + 2:]
+
+
+# protected header bytes -> (alg, kid, issuer, subject, iat): a function of the bytes alone, and the records
+# of one session within one second share them.
+_PROTECTED: dict[bytes, tuple[int, bytes, str, str, int]] = {}
+
+
+def _receipt_protected(protected: bytes) -> tuple[int, bytes, str, str, int]:
+    got = _PROTECTED.get(protected)
+    if got is None:
+        got = _p_protected(protected, _RECEIPT_LABELS, cose.TYP_RECEIPT, "a receipt")
+        if len(_PROTECTED) >= 4096:
+            _PROTECTED.clear()
+        _PROTECTED[protected] = got
+    return got
+
+
+def scan_receipt(data: bytes) -> tuple[bytes, bytes, bytes, tuple[int, bytes, str, str, int], dict[int, Any],
+                                       Kind] | None:
+    """Check a receipt item as strictly as `parse_item`, building no objects (what the verifier needs).
+
+    Returns ``(protected, payload, signature, (alg, kid, issuer, subject, iat), payload map, kind)``, or None
+    when *data* is not a receipt in the exact layout (`parse_item` then says what it is, or what is wrong).
+    Raises `ReceiptFormatError` for a receipt whose header or payload is wrong.
+    """
+    envelope = _receipt_envelope(data)
+    if envelope is None:
+        return None
+    protected, payload, signature = envelope
+    header = _receipt_protected(protected)
+    m, kind = _check_payload(payload)
+    subject = m.get(K_SESSION)
+    if subject is None:
+        subject = m[K_LOG_ID].hex()
+    if header[3] != subject:
+        raise _fail(f"cwt sub `{header[3]}` is not the record's `{subject}`")
+    if header[4] != m[K_TIME] // 1_000_000_000:
+        raise _fail("cwt iat is not the record's time in seconds")
+    return protected, payload, signature, header, m, kind
+
+
 def parse_item(data: bytes) -> RecordItem | CheckpointItem:
     """Parse one item of a log (a receipt or a checkpoint) strictly, without checking any signature.
 
     Raises `ReceiptFormatError` for anything but aarmc's exact layout, with
     ``typ`` naming either a receipt or a checkpoint.
     """
+    scan = scan_receipt(data)
+    if scan is not None:
+        protected, payload, signature, (alg, kid, issuer, subject, iat), m, kind = scan
+        return RecordItem(protected=protected, payload=payload, signature=signature, alg=alg, kid=kid,
+                          issuer=issuer, subject=subject, iat=iat, receipt=_build_receipt(m, kind))
     try:
         item = cbor2.loads(data)
     except Exception as exc:  # noqa: BLE001 - hostile input
@@ -1184,20 +1591,10 @@ def parse_item(data: bytes) -> RecordItem | CheckpointItem:
     if type(protected) is not bytes or type(signature) is not bytes or len(signature) != keys.SIGNATURE_SIZE:
         raise _fail("cose_sign1 protected header or signature has the wrong type or size")
     if type(payload) is bytes:
+        # Not in the exact layout `scan_receipt` takes: say what differs.
         if unprotected != {}:
             raise _fail("a receipt's unprotected header must be empty")
-        expected = b"".join((_SIGN1_HEAD, _bstr_head(len(protected)), protected, _EMPTY_MAP,
-                             _bstr_head(len(payload)), payload, _SIG_HEAD, signature))
-        if expected != data:
-            raise _fail("receipt is not deterministic cbor (rfc 8949 §4.2.1)")
-        alg, kid, issuer, subject, iat = _p_protected(protected, _RECEIPT_LABELS, cose.TYP_RECEIPT, "a receipt")
-        receipt = decode_payload(payload)
-        if subject != receipt.subject:
-            raise _fail(f"cwt sub `{subject}` is not the record's `{receipt.subject}`")
-        if iat != receipt.time_ns // 1_000_000_000:
-            raise _fail("cwt iat is not the record's time in seconds")
-        return RecordItem(protected=protected, payload=payload, signature=signature, alg=alg, kid=kid,
-                          issuer=issuer, subject=subject, iat=iat, receipt=receipt)
+        raise _fail("receipt is not deterministic cbor (rfc 8949 §4.2.1)")
     if payload is not None:
         raise _fail("cose_sign1 payload must be a byte string or nil")
     try:
@@ -1325,18 +1722,9 @@ class StateMachine:
         kind, session, decision_id, ref, action_id, _, _ = record if type(record) is tuple else facts(record)
         if self.closed:
             raise StateError(f"{Kind(kind).label} record after log-close")
-        if (kind == Kind.LOG_OPEN) != (self.records == 0):
+        if (kind == _LOG_OPEN) != (self.records == 0):
             raise StateError("log-open must be the first record and only the first")
-        if kind == Kind.SESSION_START:
-            if session in self.sessions:
-                raise StateError(f"session `{session}` is started twice")
-        elif kind == Kind.SESSION_END:
-            ended = self.sessions.get(session)
-            if ended is None:
-                raise StateError(f"session-end for session `{session}` that never started")
-            if ended:
-                raise StateError(f"session `{session}` ends twice")
-        elif kind == Kind.DECISION:
+        if kind == _DECISION:
             ended = self.sessions.get(session)
             if ended is None:
                 raise StateError(f"decision `{decision_id}` in session `{session}` before its session-start")
@@ -1344,7 +1732,7 @@ class StateMachine:
                 raise StateError(f"decision `{decision_id}` after session `{session}` ended")
             if decision_id in self.decisions:
                 raise StateError(f"decision id `{decision_id}` has a second decision record")
-        elif kind in (Kind.APPROVAL, Kind.DEFERRAL_RESOLUTION, Kind.OUTCOME):
+        elif kind == _OUTCOME or kind == _APPROVAL or kind == _DEFERRAL_RESOLUTION:
             d = self.decisions.get(ref)
             if d is None:
                 raise StateError(f"{Kind(kind).label} refers to decision `{ref}`, which no earlier record made")
@@ -1354,12 +1742,12 @@ class StateMachine:
             if action_id is not None and action_id != d[2]:
                 raise StateError(f"{Kind(kind).label} for decision `{ref}` names action `{action_id}`, the decision "
                                  f"`{d[2]}`")
-            if kind == Kind.APPROVAL:
+            if kind == _APPROVAL:
                 if d[1] != STEP_UP:
                     raise StateError(f"approval for decision `{ref}`, a {d[1]}, not a step_up")
                 if d[3] is not None:
                     raise StateError(f"decision `{ref}` is approved or rejected twice")
-            elif kind == Kind.DEFERRAL_RESOLUTION:
+            elif kind == _DEFERRAL_RESOLUTION:
                 if d[1] != DEFER:
                     raise StateError(f"deferral resolution for decision `{ref}`, a {d[1]}, not a defer")
                 if d[4]:
@@ -1370,6 +1758,15 @@ class StateMachine:
                 if not (d[1] in (ALLOW, MODIFY) or (d[1] == STEP_UP and d[3] == "approved")):
                     why = "was not approved" if d[1] == STEP_UP else f"is a {d[1]}"
                     raise StateError(f"outcome for decision `{ref}`, which {why} and cannot execute")
+        elif kind == _SESSION_START:
+            if session in self.sessions:
+                raise StateError(f"session `{session}` is started twice")
+        elif kind == _SESSION_END:
+            ended = self.sessions.get(session)
+            if ended is None:
+                raise StateError(f"session-end for session `{session}` that never started")
+            if ended:
+                raise StateError(f"session `{session}` ends twice")
 
     def apply(self, record: Record | tuple) -> None:
         f = record if type(record) is tuple else facts(record)
@@ -1380,17 +1777,17 @@ class StateMachine:
         """Record the effect of a `facts` tuple that `check` has accepted (the writer checks before it signs)."""
         kind, session, decision_id, ref, action_id, effect, verdict = f
         self.records += 1
-        if kind == Kind.SESSION_START:
-            self.sessions[session] = False
-        elif kind == Kind.SESSION_END:
-            self.sessions[session] = True
-        elif kind == Kind.DECISION:
+        if kind == _DECISION:
             self.decisions[decision_id] = [session, effect, action_id, None, False, False]
-        elif kind == Kind.APPROVAL:
-            self.decisions[ref][3] = verdict
-        elif kind == Kind.DEFERRAL_RESOLUTION:
-            self.decisions[ref][4] = True
-        elif kind == Kind.OUTCOME:
+        elif kind == _OUTCOME:
             self.decisions[ref][5] = True
-        elif kind == Kind.LOG_CLOSE:
+        elif kind == _SESSION_START:
+            self.sessions[session] = False
+        elif kind == _SESSION_END:
+            self.sessions[session] = True
+        elif kind == _APPROVAL:
+            self.decisions[ref][3] = verdict
+        elif kind == _DEFERRAL_RESOLUTION:
+            self.decisions[ref][4] = True
+        elif kind == _LOG_CLOSE:
             self.closed = True
