@@ -213,6 +213,25 @@ class CallResult:
 # ---- params: canonical JSON fast, and the argument hash --------------------------------------------
 
 
+# One encoder for every call: `json.dumps` with options builds a new one each time.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _flat(value: dict) -> bool:
+    """A dict of ASCII keys and plain scalars (ASCII strings, ints, bools, null): the common params shape,
+    which `_jsonish` would return unchanged as plain."""
+    for k, v in value.items():
+        t = type(v)
+        if type(k) is not str or not k.isascii():
+            return False
+        if t is str:
+            if not v.isascii():
+                return False
+        elif not (t is int or t is bool or v is None):
+            return False
+    return True
+
+
 def _jsonish(value: Any, depth: int = 0) -> tuple[Any, bool]:
     """(value with floats read as decimals, whether `json.dumps` writes it exactly as `values.canonical_json`)."""
     t = type(value)
@@ -263,7 +282,7 @@ def canonical_params(value: Any) -> str:
     """
     converted, plain = _jsonish(value)
     if plain:
-        return json.dumps(converted, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return _ENCODE(converted)
     return values.canonical_json(converted)
 
 
@@ -281,9 +300,11 @@ class _Prepared:
         self.error: str | None = None
         self.text: str | None = None
         try:
-            self.value, plain = _jsonish(raw)
-            self.text = json.dumps(self.value, sort_keys=True, separators=(",", ":"), ensure_ascii=False) \
-                if plain else values.canonical_json(self.value)
+            if type(raw) is dict and _flat(raw):
+                self.value, plain = raw, True
+            else:
+                self.value, plain = _jsonish(raw)
+            self.text = _ENCODE(self.value) if plain else values.canonical_json(self.value)
             self.digest = hashlib.sha256(self.text.encode("utf-8")).digest()
         except (TypeError, ValueError, RecursionError) as err:
             self.value = raw

@@ -45,7 +45,7 @@ from typing import Any
 import cbor2
 
 from aarm_runtime import values
-from aarm_runtime.context import Declarations, SessionContext
+from aarm_runtime.context import Declarations, Entry, SessionContext
 from aarm_runtime.decision import Decision
 
 __all__ = ["ContextLog", "GuardContext", "Session", "StoreLock", "ZERO_HEAD"]
@@ -146,7 +146,12 @@ class GuardContext(SessionContext):
         self.journal: list[tuple] | None = None
 
     def record(self, tool: str, *, time: Any = None, output: Any = None, has_output: bool | None = None) -> None:
-        super().record(tool, time=time, output=output, has_output=has_output)
+        if type(time) in (int, float) and not has_output and output is None:
+            # The guard's clock: kept as given (ints and floats compare exactly with the Fraction bounds
+            # of the exact scan), sparing a Fraction per authorised action.
+            self._append(Entry(tool=tool, time=time, has_output=False, output=None))
+        else:
+            super().record(tool, time=time, output=output, has_output=has_output)
         if self.journal is not None:
             self.journal.append(("rec", tool, time, bool(has_output) if has_output is not None else output is not None,
                                  output))
