@@ -473,3 +473,21 @@ def test_the_aligner_drives_the_drift_rule_and_replicas_share_its_verdicts(tmp_p
     assert decisions[:2] == [("email.send", ALLOW, ("internal-mail",)), ("docs.read", ALLOW, ("docs",))]
     assert decisions[2] == ("docs.read", "defer", ("drifted",))
     assert [d for _, d in alignments] == [0, Decimal("0.3334"), Decimal("0.5556")]
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xfe", b"\x80", b"\x83\x63log\x01\x02"])
+def test_a_corrupt_event_in_the_store_denies_every_decision_of_the_session(tmp_path, garbage):
+    store = MemorySessionStore()
+    g = _guard(tmp_path, Clock(), store, "a")
+    s = g.open_session(token(), intent=INTENT, session_id="s1")
+    ok = ("email.send", {"to": "bob@corp.example", "subject": "m", "body": "x"}, {"drift": 0})
+    assert g.submit(s, *ok).status == ALLOW
+    # Someone with write access to the store appends bytes that are not an event of this format.
+    view = store.acquire("s1", since=0, known_version=-1, lease_s=5, wait_s=1)
+    store.commit("s1", view.token, base_count=view.count, events=[garbage], state=None)
+    h = _guard(tmp_path / "h", Clock(), store, "h")
+    for _ in range(2):  # the second time from a cache reloaded after the first failure: still refused
+        sub = g.submit(s, *ok)
+        assert sub.status == DENY and sub.decision.reason == "session-store-unavailable", sub.decision
+    with pytest.raises(GuardError, match="could not be joined|malformed|could not be read"):
+        h.session("s1")
