@@ -1,5 +1,5 @@
 """A session accumulated through the Guard decides exactly as the reference interpreter on the equivalent
-LANGUAGE.md §7 session file.
+LANGUAGE.md §7 session file — also when two or three replicas serve the session through a session store.
 
 Each example draws a policy (the shared `policy_strategies`, or a spec), a session (identity, intent,
 env) and a sequence of steps (an action, the caller's risk signals, how long since the previous step,
@@ -65,20 +65,30 @@ def openings(draw: Any) -> dict:
     return {k: v for k, v in base.items() if k in ("identity", "intent", "env")}
 
 
-def run_differential(policy: Any, engine_bytes: bytes, opening: dict, plan: list[dict]) -> None:
+def run_differential(policy: Any, engine_bytes: bytes, opening: dict, plan: list[dict], replicas: int = 1) -> None:
+    """*replicas* > 1: that many guards share the session through a `MemorySessionStore`, step i decided by
+    guard i mod n, its approval redeemed and its outcome recorded by the next one."""
     from aarm_runtime.engine import Engine
+    from aarm_runtime.session_store import MemorySessionStore
 
     directory = Path(tempfile.mkdtemp(prefix="guard-diff-"))
     try:
         clock = gf.Clock(START)
-        g = Guard(Engine.load(engine_bytes, [gf.AUTHOR.verify_key]), receipts=gf.new_log(directory), clock=clock,
-                  unsafe_no_identity=True, session_ttl_s=None, max_pending_per_session=10**6)
-        s = g.open_session(identity=opening.get("identity"), intent=opening.get("intent"), env=opening.get("env"))
+        store = MemorySessionStore() if replicas > 1 else None
+        guards = [Guard(Engine.load(engine_bytes, [gf.AUTHOR.verify_key]),
+                        receipts=gf.new_log(directory, name=f"r{n}.cbor"), clock=clock, unsafe_no_identity=True,
+                        session_ttl_s=None, max_pending_per_session=10**6, session_store=store)
+                  for n in range(replicas)]
+        first = guards[0].open_session(identity=opening.get("identity"), intent=opening.get("intent"),
+                                       env=opening.get("env"))
+        sessions = [first] + [g.session(first.id) for g in guards[1:]]
         history: list[dict] = []
         for i, step in enumerate(plan):
             clock.advance(step["wait"])
             now = int(clock())
             action = step["action"]
+            g, s = guards[i % replicas], sessions[i % replicas]
+            g2, s2 = guards[(i + 1) % replicas], sessions[(i + 1) % replicas]
             sub = g.submit(s, action["tool"], action.get("params", {}), step["risk"])
             file = {key: value for key, value in opening.items()}
             if step["risk"] is not None:
@@ -93,7 +103,7 @@ def run_differential(policy: Any, engine_bytes: bytes, opening: dict, plan: list
             elif sub.status == "pending" and sub.decision.decision == "step_up":
                 if step["approve"]:
                     g.approvals.approve(sub.decision_id, approver="carol")
-                    ran = g.redeem(s, sub.decision_id, action["tool"], action.get("params", {}))
+                    ran = g2.redeem(s2, sub.decision_id, action["tool"], action.get("params", {}))
                     assert ran.status == "allow"
                 else:
                     g.approvals.reject(sub.decision_id, approver="dave")
@@ -104,13 +114,16 @@ def run_differential(policy: Any, engine_bytes: bytes, opening: dict, plan: list
                 entry: dict[str, Any] = {"tool": ran.decision.tool, "time": rfc3339(now),
                                          "params": action.get("params", {})}
                 output = step["output"] if step["ok"] else None
-                g.record_outcome(s, ran.decision_id, ok=step["ok"], output=output)
+                g2.record_outcome(s2, ran.decision_id, ok=step["ok"], output=output)
                 if output is not None:
                     entry["output"] = output
                 history.append(entry)
-        assert len(s.context.history) == len(history)
-        g.close()
-        g.receipts.close()
+        for s in sessions:
+            with s.lock:
+                assert len(s.context.history) == len(history)
+        for g in guards:
+            g.close()
+            g.receipts.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -170,6 +183,21 @@ MAIL_OPENINGS = st.fixed_dictionaries({
 def test_the_mail_assistant_guard_sessions_decide_as_the_reference(opening, plan):
     policy = load_policy([gf.SPECS / "mail-assistant"]).policy
     run_differential(policy, gf.artifact("mail-assistant"), opening, plan)
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(opening=MAIL_OPENINGS, plan=steps(MAIL_ACTIONS, MAIL_OUTPUTS))
+def test_mail_assistant_sessions_served_by_two_replicas_decide_as_the_reference(opening, plan):
+    policy = load_policy([gf.SPECS / "mail-assistant"]).policy
+    run_differential(policy, gf.artifact("mail-assistant"), opening, plan, replicas=2)
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(text=ps.policies(), opening=openings(), plan=steps(ps.actions(), OUTPUTS))
+def test_generated_policies_served_by_three_replicas_decide_as_the_reference(text, opening, plan):
+    result = load_policy_text(text)
+    assert result.policy is not None
+    run_differential(result.policy, gf.artifact_text(text), opening, plan, replicas=3)
 
 
 WINDOW_POLICY = ps.HEADER.format(default="allow") + """
