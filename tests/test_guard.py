@@ -732,3 +732,41 @@ modify "cap" pay.transfer when params.amount > 500 set amount = 500.5, fees = [0
     assert got.value == {"payee": "acme", "amount": Decimal("500.5"), "fees": [Decimal("0.25"), Decimal("1")],
                          "note": "inv 7"}
     assert type(got.value["amount"]) is Decimal and type(got.value["note"]) is str
+
+
+def test_a_credential_minter_scopes_one_credential_to_each_authorised_action(tmp_path):
+    """AARM R9: the hook is called once per authorised action, with that action only, before it runs."""
+    from aarm_runtime.credentials import CredentialError, CredentialRequest
+
+    asked: list[CredentialRequest] = []
+
+    def mint(request: CredentialRequest) -> dict:
+        asked.append(request)
+        if request.params.get("to") == "ops@corp.example":
+            raise RuntimeError("vault sealed")
+        return {"token": f"tok-{request.decision_id}", "scope": request.tool}
+
+    g = gf.guard("mail-assistant", tmp_path, credentials=mint)
+    s = g.open_session(gf.token(), intent={"text": "send the minutes to bob@corp.example"})
+    ran: list[tuple] = []
+    send = {"to": "bob@corp.example", "subject": "minutes", "body": "x"}
+    got = g.call(s, "email.send", send, lambda params, credential: ran.append((params, credential)) or "sent",
+                 {"drift": 0})
+    assert got.ok and ran == [(send, {"token": f"tok-{got.decision_id}", "scope": "email.send"})]
+    [req] = asked
+    assert (req.tool, req.params, req.decision, req.rules) == ("email.send", send, "allow", ("internal-mail",))
+    assert req.identity["principal"] == "alice" and req.expires_at == s.expires_at
+    # A denied action asks for nothing; a minter that fails means the tool never runs.
+    denied = g.call(s, "shell.exec", {"cmd": "rm -rf /"}, lambda p, c: ran.append("shell"))
+    assert not denied.ok and len(asked) == 1
+    failed = g.call(s, "email.send", {**send, "to": "ops@corp.example"}, lambda p, c: ran.append("ops"),
+                    {"drift": 0})
+    assert not failed.ok and isinstance(failed.error, CredentialError) and "vault sealed" in str(failed.error)
+    assert len(ran) == 1
+    outcome = [r.record for r in gf.records(g.receipts.path) if r.record.ref == failed.decision_id]
+    assert [(o.kind, o.outcome.ok) for o in outcome] == [(R.Kind.OUTCOME, False)]
+    # The credential never enters the context log: only that one was minted, and its type.
+    entries = [e for e in s.log.decoded() if e[1] == "credential"]
+    assert [e[3:] for e in entries] == [[got.decision_id, "dict"]]
+    with pytest.raises(CredentialError, match="no authorised action"):
+        g.mint_credential(s, got.decision_id)  # its outcome is recorded: nothing waits to run

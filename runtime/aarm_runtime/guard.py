@@ -48,6 +48,7 @@ from aarm_runtime.approvals import (
     Approvals,
 )
 from aarm_runtime.context import SessionContext
+from aarm_runtime.credentials import CredentialError, CredentialRequest
 from aarm_runtime.decision import ALLOW, DEFER, DENY, MODIFY, STEP_UP, Decision
 from aarm_runtime.deferrals import ContextUpdate, DeferralError, DeferralRequest, Deferrals
 from aarm_runtime.engine import DEFAULT_TIMEOUT_S, Engine
@@ -197,7 +198,8 @@ class Submission:
 class CallResult:
     """What `Guard.call` did. `ok` is True only when the tool ran and returned; `value` is its return value;
     `params_executed` what it ran with (the MODIFY's params, for a MODIFY); `error` the `Denied` when it
-    did not run (a `Pending` with ``block=False``). `outcome_error` is set when the tool ran but its outcome
+    did not run (a `Pending` with ``block=False``; a `CredentialError` when the action was allowed but no
+    credential could be minted for it, so it did not run). `outcome_error` is set when the tool ran but its outcome
     receipt could not be written."""
 
     ok: bool
@@ -205,7 +207,7 @@ class CallResult:
     decision: Decision
     decision_id: str
     params_executed: Any
-    error: Denied | Pending | None
+    error: Denied | Pending | CredentialError | None
     action_id: str = ""
     outcome_error: str | None = None
 
@@ -377,6 +379,7 @@ class Guard:
         store_wait_s: float = 10.0,
         observers: Any = (),
         aligner: Any = None,
+        credentials: Callable[[CredentialRequest], Any] | None = None,
     ) -> None:
         if receipts is None or not hasattr(receipts, "submit"):
             raise TypeError("receipts must be a `ReceiptLog` (every decision needs a receipt)")
@@ -425,6 +428,9 @@ class Guard:
         if aligner is not None and not callable(getattr(aligner, "assess", None)):
             raise TypeError("aligner must have an `assess(intent, tool, params, prior)` method")
         self.aligner = aligner
+        if credentials is not None and not callable(credentials):
+            raise TypeError("credentials must be a callable taking a `CredentialRequest`")
+        self.credentials = credentials
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._infos: dict[int, tuple[Decision, R.DecisionInfo]] = {}
@@ -864,8 +870,14 @@ class Guard:
             return CallResult(ok=False, value=None, decision=sub.decision, decision_id=sub.decision_id,
                               params_executed=None, error=sub.error, action_id=sub.action_id)
         started = time.time_ns()
+        args: tuple = (sub.params,)
+        if self.credentials is not None:
+            try:
+                args = (sub.params, self.mint_credential(session, sub.decision_id))
+            except CredentialError as err:
+                return self._not_run(session, sub, started, err)
         try:
-            value = execute(sub.params)
+            value = execute(*args)
         except BaseException as exc:
             self._record_failure(session, sub, started, exc)
             raise
@@ -894,14 +906,58 @@ class Guard:
             return CallResult(ok=False, value=None, decision=sub.decision, decision_id=sub.decision_id,
                               params_executed=None, error=sub.error, action_id=sub.action_id)
         started = time.time_ns()
+        args: tuple = (sub.params,)
+        if self.credentials is not None:
+            try:
+                args = (sub.params, await asyncio.to_thread(self.mint_credential, session, sub.decision_id))
+            except CredentialError as err:
+                return await asyncio.to_thread(self._not_run, session, sub, started, err)
         try:
-            value = execute(sub.params)
+            value = execute(*args)
             if inspect.isawaitable(value):
                 value = await value
         except BaseException as exc:
             await asyncio.to_thread(self._record_failure, session, sub, started, exc)
             raise
         return await asyncio.to_thread(self._finish_call, session, sub, started, value)
+
+    def mint_credential(self, session: Session, decision_id: str) -> Any:
+        """The credential for the authorised action *decision_id* (AARM R9, `aarm_runtime.credentials`).
+
+        Raises `CredentialError` when no minter is configured, the decision did not authorise an action
+        (or its outcome is recorded), or the minter fails: the action must not run.
+        """
+        self._own(session)
+        if self.credentials is None:
+            raise CredentialError("no credential minter is configured (Guard(credentials=...))")
+        with session.lock:
+            state = session.decisions.get(decision_id)
+            if state is None or not state.granted or state.revoked is not None or state.outcome_recorded:
+                raise CredentialError(f"decision `{decision_id}` has no authorised action waiting to run")
+            d = state.decision
+            request = CredentialRequest(
+                session_id=session.id, decision_id=decision_id, action_id=state.action_id, tool=d.tool or state.tool,
+                wrapper=d.wrapper, params=state.exec_params, identity=session.identity_json,
+                decision=d.decision, rules=d.rules, expires_at=session.expires_at)
+        try:
+            credential = self.credentials(request)
+        except Exception as err:  # noqa: BLE001 - whatever the minter raises, the action does not run
+            raise CredentialError(f"credential minting failed: {type(err).__name__}: {err}") from err
+        if credential is None:
+            raise CredentialError("the credential minter returned nothing")
+        with session.lock:
+            session.log.append("credential", _ns(self.clock()), decision_id, type(credential).__name__)
+        return credential
+
+    def _not_run(self, session: Session, sub: Submission, started: int, err: CredentialError) -> CallResult:
+        """An authorised action that cannot run (no credential): its outcome says so; nothing executed."""
+        try:
+            self.record_outcome(session, sub.decision_id, ok=False, started_ns=started, ended_ns=time.time_ns(),
+                                error=f"not run: {err}")
+        except Exception:  # noqa: BLE001, S110 - the action did not run either way
+            pass
+        return CallResult(ok=False, value=None, decision=sub.decision, decision_id=sub.decision_id,
+                          params_executed=None, error=err, action_id=sub.action_id)
 
     def _await(self, session: Session, sub: Submission, tool: str, params: Any) -> Submission:
         while sub.status == PENDING:
