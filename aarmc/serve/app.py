@@ -243,11 +243,17 @@ def _path_id(request: Request, name: str) -> str:
     return value
 
 
-def _session(state: _State, session_id: str) -> Any:
+async def _session(state: _State, session_id: str) -> Any:
+    guard = state.guard
     try:
-        return state.guard.session(session_id)
+        if guard.store is None:
+            return guard.session(session_id)
+        # Joining a session another replica opened reads the store and writes a receipt: not on the loop.
+        return await run_in_threadpool(guard.session, session_id)
     except GuardError:
         raise _HttpError(404, "unknown-session", f"no open session `{session_id}`") from None
+    except StoreError as err:
+        raise _HttpError(503, "session-store-unavailable", f"session `{session_id}`: {err}") from None
 
 
 def _authorize(request: Request, state: _State) -> None:
@@ -331,7 +337,7 @@ def _close_expired(guard: Guard) -> None:
 
 
 async def _close_session(request: Request, state: _State) -> Response:
-    session = _session(state, _path_id(request, "session_id"))
+    session = await _session(state, _path_id(request, "session_id"))
 
     def close() -> None:
         try:
@@ -374,7 +380,7 @@ def _fail_closed(tool: str, err: BaseException) -> dict[str, Any]:
 
 
 async def _decide(request: Request, state: _State) -> Response:
-    session = _session(state, _path_id(request, "session_id"))
+    session = await _session(state, _path_id(request, "session_id"))
     body = await _body(request, state, "Decide")
     tool, params, risk = body["tool"], body.get("params", {}), body.get("risk")
     return JsonResponse(await run_in_threadpool(
@@ -382,7 +388,7 @@ async def _decide(request: Request, state: _State) -> Response:
 
 
 async def _redeem(request: Request, state: _State) -> Response:
-    session = _session(state, _path_id(request, "session_id"))
+    session = await _session(state, _path_id(request, "session_id"))
     body = await _body(request, state, "Redeem")
     tool, params = body["tool"], body.get("params", {})
     return JsonResponse(await run_in_threadpool(
@@ -405,7 +411,7 @@ def _timed(state: _State, tool: str, redeemed: str | None, decide: Callable[[], 
 
 
 async def _outcome(request: Request, state: _State) -> Response:
-    session = _session(state, _path_id(request, "session_id"))
+    session = await _session(state, _path_id(request, "session_id"))
     body = await _body(request, state, "Outcome")
     decision_id = body["decision_id"]
 

@@ -31,7 +31,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "the request body is larger than the server's limit",
         415: "the request body is not `application/json` in UTF-8",
         429: "too many open sessions",
-        503: "a receipt could not be written: nothing was recorded, so nothing may run",
+        503: "a receipt could not be written, or (replicas) the session store could not be read: nothing was "
+             "recorded, so nothing may run",
     }
     return {str(c): _json("Error", what[c]) for c in codes}
 
@@ -70,13 +71,13 @@ def openapi_document() -> dict[str, Any]:
             "Decide a tool call before it runs",
             "The decision is in the receipt log, durably, before this answer is sent. Execute only on "
             "`allow` / `modify`.",
-            ("200", "Submission", "the decision"), body="Decide", errors=(404,), op_id="decide",
+            ("200", "Submission", "the decision"), body="Decide", errors=(404, 503), op_id="decide",
             params=("session_id",), tag="decisions")},
         "/v1/sessions/{session_id}/redeem": {"post": _op(
             "Retry a pending call",
             "For a STEP_UP: `allow` once approved (single use, same tool and params), `deny` once rejected or "
             "timed out, else still `pending`. For a DEFER: the re-evaluation's decision once context arrived.",
-            ("200", "Submission", "the decision"), body="Redeem", errors=(404,), op_id="redeem",
+            ("200", "Submission", "the decision"), body="Redeem", errors=(404, 503), op_id="redeem",
             params=("session_id",), tag="decisions")},
         "/v1/sessions/{session_id}/outcome": {"post": _op(
             "Record what an allowed call did",

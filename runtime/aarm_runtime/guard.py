@@ -603,7 +603,9 @@ class Guard:
 
         The identity is verified again here (with this guard's verifier and
         clock); a refusal the opener saw stands. This replica's receipt log
-        gets a session-start receipt saying the session was joined.
+        gets a session-start receipt saying the session was joined. Raises
+        `GuardError` when there is no such session (or it is closed, or still
+        being opened), `StoreError` when the store cannot be read.
         """
         if self.store is None:
             raise GuardError("joining a session needs a session store")
@@ -616,7 +618,7 @@ class Guard:
         try:
             raw = self.store.header(session_id)
         except Exception as err:  # noqa: BLE001
-            raise GuardError(f"session `{session_id}` could not be read from the session store: {err}") from err
+            raise StoreError(f"session `{session_id}` could not be read from the session store: {err}") from err
         if raw is None:
             raise GuardError(f"no open session `{session_id}` (not in the session store either)")
         try:
@@ -676,7 +678,7 @@ class Guard:
         except BaseException as err:
             with self._lock:
                 self._sessions.pop(session_id, None)
-            if isinstance(err, GuardError):
+            if isinstance(err, (GuardError, StoreError)):
                 raise
             if isinstance(err, Exception):
                 raise GuardError(f"session `{session_id}` could not be joined: {err}") from err
