@@ -109,13 +109,13 @@ def _timed(fn, budget: float, before=None, minimum: int = 200) -> list[int]:
     return samples
 
 
-def make_guard(artifact: bytes, directory: Path, fsync: str) -> tuple[Guard, Clock]:
+def make_guard(artifact: bytes, directory: Path, fsync: str, aligner: object = None) -> tuple[Guard, Clock]:
     clock = Clock()
     log = ReceiptLog.create(Path(tempfile.mkdtemp(dir=directory)) / "receipts.cbor", RECEIPT_KEY, fsync=fsync,
                             checkpoint_interval_s=None)
     verifier = IdentityVerifier({"idp.corp": IDP.verify_key}, RevocationList())
     g = Guard(Engine.load(artifact, [AUTHOR.verify_key]).prepare(), receipts=log, identity_verifier=verifier,
-              clock=clock, session_ttl_s=None, max_actions_per_session=10**9)
+              clock=clock, session_ttl_s=None, max_actions_per_session=10**9, aligner=aligner)
     return g, clock
 
 
@@ -182,8 +182,9 @@ def bench_log(directory: Path, budget: float) -> dict:
     return out
 
 
-def bench_submit(artifact: bytes, directory: Path, fsync: str, wait: bool, budget: float) -> dict:
-    g, clock = make_guard(artifact, directory, fsync)
+def bench_submit(artifact: bytes, directory: Path, fsync: str, wait: bool, budget: float,
+                 aligner: object = None) -> dict:
+    g, clock = make_guard(artifact, directory, fsync, aligner)
     s = open_session(g)
     for _ in range(20):
         clock.t += 361
@@ -313,6 +314,11 @@ def main() -> None:
             bench_log(tmp_dir, budget))
         row("signed_group", "**decide + receipt signed + appended** (`submit(wait=False)`)", "group",
             bench_submit(artifact, tmp_dir, "group", False, budget))
+        from aarm_runtime.aligner import OverlapAligner
+
+        row("signed_aligned", "the same, with the gateway's default aligner (`OverlapAligner`: `intent.score` per "
+            "action; the caller's `risk.drift` kept)", "group",
+            bench_submit(artifact, tmp_dir, "group", False, budget, OverlapAligner()))
         row("signed_always", "decide + receipt signed + appended, then its own fsync (`submit`)", "always",
             bench_submit(artifact, tmp_dir, "always", True, budget))
         row("ack_group", "decide + receipt signed + appended + acknowledged (`submit`)", "group",
