@@ -491,3 +491,43 @@ def test_a_corrupt_event_in_the_store_denies_every_decision_of_the_session(tmp_p
         assert sub.status == DENY and sub.decision.reason == "session-store-unavailable", sub.decision
     with pytest.raises(StoreError, match="could not be read"):
         h.session("s1")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_an_approval_redeemed_on_several_replicas_at_once_runs_once(tmp_path, kind, request):
+    """Single use holds across replicas: racing redemptions of one approved step-up allow exactly one."""
+    import threading
+
+    shared = MemorySessionStore()
+    prefix = f"aarm-race-{next(_PREFIXES)}-{tmp_path.name}:"
+
+    def store():
+        if kind == "memory":
+            return shared
+        if kind == "sqlite":
+            return _sqlite_store(tmp_path)
+        return _redis_store(request.getfixturevalue("redis_url"), prefix)
+
+    clock = Clock()
+    guards = [Guard(engine(SPEC), receipts=new_log(tmp_path, name=f"r{i}.cbor"), identity_verifier=verifier(),
+                    clock=clock, session_store=store(), name=f"r{i}") for i in range(3)]
+    s0 = guards[0].open_session(token(), intent=INTENT, session_id="race")
+    money = ("bank.send_money", {"recipient": "ACME", "amount": Decimal("5000"), "subject": "x"})
+    first = guards[0].submit(s0, *money, {"drift": 0})
+    assert first.status == PENDING
+    guards[0].approvals.approve(first.decision_id, "finance-oncall")
+    sessions = [g.session("race") for g in guards]
+    results: list[str] = []
+    start = threading.Barrier(6)
+
+    def redeem(i: int) -> None:
+        start.wait()
+        sub = guards[i % 3].redeem(sessions[i % 3], first.decision_id, *money)
+        results.append(sub.status if sub.status != DENY else sub.decision.reason)
+
+    threads = [threading.Thread(target=redeem, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == ["allow"] + ["approval-used"] * 5, results
