@@ -531,3 +531,42 @@ def test_an_approval_redeemed_on_several_replicas_at_once_runs_once(tmp_path, ki
     for t in threads:
         t.join(60)
     assert sorted(results) == ["allow"] + ["approval-used"] * 5, results
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_a_burst_across_replicas_cannot_slip_under_a_rate_limit(tmp_path, kind, request):
+    """`send-burst` denies a send once ten were authorised within the hour; 15 concurrent sends through three
+    replicas get exactly ten allowed: counts are shared atomically."""
+    import threading
+
+    shared = MemorySessionStore()
+    prefix = f"aarm-burst-{next(_PREFIXES)}-{tmp_path.name}:"
+
+    def store():
+        if kind == "memory":
+            return shared
+        if kind == "sqlite":
+            return _sqlite_store(tmp_path)
+        return _redis_store(request.getfixturevalue("redis_url"), prefix)
+
+    clock = Clock()
+    guards = [Guard(engine(SPEC), receipts=new_log(tmp_path, name=f"r{i}.cbor"), identity_verifier=verifier(),
+                    clock=clock, session_store=store(), name=f"r{i}") for i in range(3)]
+    guards[0].open_session(token(), intent=INTENT, session_id="burst")
+    sessions = [g.session("burst") for g in guards]
+    results: list[tuple] = []
+    start = threading.Barrier(15)
+
+    def send(i: int) -> None:
+        start.wait()
+        sub = guards[i % 3].submit(sessions[i % 3], "email.send",
+                                   {"to": "bob@corp.example", "subject": f"m{i}", "body": "x"}, {"drift": 0})
+        results.append((sub.status, sub.decision.rules))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(15)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == sorted([("allow", ("internal-mail",))] * 10 + [("deny", ("send-burst",))] * 5), \
+        results
