@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 _SCALE = 10_000  # 4 decimal places
+_ZERO = Decimal(0)
 
 
 def _unit_decimal(value: Any, what: str) -> Decimal:
@@ -67,6 +68,19 @@ def _unit_decimal(value: Any, what: str) -> Decimal:
         raise TypeError(f"`{what}` must be a Decimal, got `{type(value).__name__}`")
     if isinstance(value, Decimal) and not value.is_finite():
         raise ValueError(f"`{what}` must be finite")
+    if type(value) is Decimal:
+        sign, digits, exponent = value.as_tuple()
+        # Written with at most 4 places and in [0, 1] (comparisons are exact): the coefficient is at most
+        # 10^4; the canonical form drops trailing zeros, built from the tuple (no decimal context involved).
+        # Anything else takes the exact path below.
+        if type(exponent) is int and exponent >= -4 and 0 <= value <= 1:
+            if not any(digits):
+                return _ZERO
+            kept = list(digits)
+            while exponent < 0 and kept[-1] == 0:
+                kept.pop()
+                exponent += 1
+            return Decimal((0, tuple(kept), exponent))
     exact = Fraction(value)
     if not 0 <= exact <= 1:
         raise ValueError(f"`{what}` must be in [0, 1]")

@@ -1243,7 +1243,8 @@ class Guard:
             if got is not None:
                 # Re-made as an `Alignment`, which refuses anything but Decimals in [0, 1] with at most four
                 # places: exactly what replicas replay from the session's events.
-                got = Alignment(score=getattr(got, "score", None), drift=getattr(got, "drift", None))
+                if type(got) is not Alignment:  # an `Alignment` checked itself when it was made
+                    got = Alignment(score=getattr(got, "score", None), drift=getattr(got, "drift", None))
                 session.add_alignment(seq, got)
                 session.log.append("aligned", _ns(now), did, seq, str(got.score), str(got.drift))
         else:
