@@ -544,3 +544,26 @@ def test_the_documented_policy_acts_on_score_and_drift() -> None:
 
 if __name__ == "__main__":
     sys.stdout.write(calibration_report())
+
+
+def test_alignment_values_are_canonical_whatever_their_spelling_or_the_decimal_context():
+    """The fast check of a Decimal (written with at most four places) gives exactly what the exact path gives."""
+    from decimal import localcontext
+    from fractions import Fraction
+
+    from aarm_runtime import aligner as A
+
+    def exact(value):
+        return A._decimal(int(Fraction(value) * A._SCALE))
+
+    spellings = ["1", "0", "-0", "1.0000", "0E+3", "0.00E+2", "10E-1", "100E-2", "00.5000"]
+    for i in range(10_001):
+        spellings += [f"{i / 10_000:.4f}", f"{i}E-4"]
+    with localcontext() as ctx:
+        ctx.prec = 2  # a context that would round: the result must not depend on it
+        for text in spellings:
+            got, want = A._unit_decimal(Decimal(text), "score"), exact(Decimal(text))
+            assert got.as_tuple() == want.as_tuple(), (text, got, want)
+    for bad in ("0.12345", "1.0001", "-0.0001", "2"):
+        with pytest.raises(ValueError):
+            A._unit_decimal(Decimal(bad), "score")
