@@ -452,3 +452,26 @@ def test_every_scenario_log_is_a_complete_verifiable_log(tmp_path):
     assert verify_log(log.path, [gf.RECEIPT_KEY.verify_key]).status is Status.COMPLETE
     with pytest.raises(Exception):
         log.append(R.session_start_record("late"))
+
+
+def test_threat_intent_drift_scored_by_the_aligner(tmp_path):
+    """R7 end to end: no caller-supplied drift; the guard's aligner scores each action against the request and
+    the policy's `drifted` rule holds the session back once its cumulative drift passes 0.5."""
+    from aarm_runtime.aligner import OverlapAligner
+
+    g = gf.guard("mail-assistant", tmp_path, aligner=OverlapAligner())
+    s = g.open_session(gf.token("alice"), intent={"text": "prepare my 1:1 with bob: read the agenda doc agenda-12",
+                                                  "entities": ["agenda-12"]})
+    docs = gf.Runs(result="notes")
+    asked = g.call(s, "docs.read", {"doc_id": "agenda-12", "folder": "shared"}, execute=docs)
+    assert asked.ok and asked.decision.rules == ("docs",)
+    wandering = [g.call(s, "docs.read", {"doc_id": doc, "folder": "shared"}, execute=docs, block=False)
+                 for doc in ("q3-pricing", "competitor-analysis", "acquisition-targets")]
+    assert [(w.decision.decision, w.decision.rules) for w in wandering] == [
+        ("allow", ("docs",)), ("defer", ("drifted",)), ("defer", ())]
+    assert wandering[2].decision.reason == "pending-dependency"  # held behind the drifted read
+    scores = [(a.score, a.drift) for a in s.alignments]
+    assert scores[0][1] < scores[1][1] < 0.5 < scores[2][1]
+    # The held-back read never ran: the tool ran for the request and for the first step off it.
+    assert [c["doc_id"] for c in docs.calls] == ["agenda-12", "q3-pricing"]
+    finish(g)
