@@ -825,3 +825,15 @@ def test_two_servers_sharing_a_session_store_serve_one_session(key_files: Keys, 
     for log in (tmp_path / "a.log", tmp_path / "b.log"):
         verified = read_verified(log, [key_files.receipts.verify_key], allow_open=True)
         assert verified.verdict.ok, verified.verdict.describe()
+
+
+def test_a_token_bound_to_a_session_opens_that_session(stack: Stack, key_files: Keys) -> None:
+    bound = base64.b64encode(issue_identity(Identity(issuer="idp.corp", principal="alice", agent="mail-bot",
+                                                     session="s-bound-7"), key_files.issuer, ttl_s=600)).decode()
+    got = post_json(stack.client, "/v1/sessions", {"identity_token": bound})
+    assert got.status_code == 201, got.text
+    assert got.json()["session_id"] == "s-bound-7"
+    other = post_json(stack.client, "/v1/sessions", {"identity_token": bound, "session_id": "s-other"}).json()
+    decided = post_json(stack.client, f"/v1/sessions/{other['session_id']}/decide",
+                        {"tool": "mail.read", "params": {}}).json()
+    assert decided["status"] == "deny" and decided["decision"]["reason"] == "identity-session-mismatch"

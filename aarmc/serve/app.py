@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import binascii
 import hmac
-import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -305,7 +304,8 @@ async def _open_session(request: Request, state: _State) -> Response:
             raise RequestError("$." + probe.invalid[0].lstrip("$."), probe.invalid[1])
         if probe.failure is not None:
             raise RequestError("$", probe.failure)
-    session_id = body.get("session_id") or "s-" + secrets.token_hex(12)
+    # None: the guard names the session (after the id an identity token is bound to, if any).
+    session_id = body.get("session_id") or None
 
     def open_() -> Any:
         try:
@@ -313,6 +313,8 @@ async def _open_session(request: Request, state: _State) -> Response:
                                       identity=identity)
         except GuardError as err:
             raise _HttpError(409, "session-exists", str(err)) from None
+        except StoreError as err:
+            raise _HttpError(503, "session-store-unavailable", str(err)) from None
 
     session = await run_in_threadpool(open_)
     if session.broken is not None:

@@ -562,7 +562,7 @@ class Guard:
                 try:
                     created = self.store.create(session_id, header, ttl_s=None if ttl is None else ttl + 3600)
                 except Exception as err:  # noqa: BLE001
-                    raise GuardError(f"session `{session_id}` could not be created in the session store: {err}") \
+                    raise StoreError(f"session `{session_id}` could not be created in the session store: {err}") \
                         from err
                 if not created:
                     raise GuardError(f"session `{session_id}` is already open (in the session store)")
