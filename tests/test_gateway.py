@@ -636,3 +636,40 @@ def test_names_and_wire_helpers():
     assert typed_to_wire("3", values.Prim("str")) == "3"
     with pytest.raises(ValueError):
         parse_listen("10.0.0.1:80")
+
+
+def test_streamable_http_clients_with_a_session_bound_token_share_that_session(env, tmp_path):
+    idp = keys.load_signing_key(env["dir"] / "idp.key")
+    bound = tmp_path / "bound.cwt"
+    bound.write_bytes(issue_identity(Identity(issuer="test-idp", principal="alice", agent="bot", session="s-bound"),
+                                     idp, ttl_s=3600))
+    args = _gateway_args(env, tmp_path, "--listen", "127.0.0.1:0")
+    args[args.index(str(env["token"]))] = str(bound)
+    proc = subprocess.Popen([sys.executable, "-m", "aarmc.cli_gateway", "gateway", *args],
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, "the gateway exited before serving"
+            found = re.search(r"serving (http://127\.0\.0\.1:\d+/mcp)", line)
+            url = found.group(1) if found else None
+        assert url is not None
+
+        async def agents() -> None:
+            async with streamable_http_client(url) as (r1, w1, _), ClientSession(r1, w1) as one:
+                await one.initialize()
+                async with streamable_http_client(url) as (r2, w2, _), ClientSession(r2, w2) as two:
+                    await two.initialize()
+                    await one.call_tool("mail.read", {})
+                    # The token names one session: the second client serves it too, personal data read included.
+                    out_two = await two.call_tool("mail.send", {"to": "x@partner.example", "subject": "s", "body": "b"})
+                    assert out_two.isError and "`no-external-after-pii`" in _text(out_two)
+
+        anyio.run(agents)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    sessions = _receipts(env, tmp_path).sessions
+    assert [s.session for s in sessions] == ["s-bound"]

@@ -183,6 +183,16 @@ def _identity(options: GatewayOptions) -> tuple[Any, bytes | None]:
     return verifier, token
 
 
+def _bound_session(guard: Any, token: bytes | None) -> str | None:
+    """The session an identity token is bound to (its verified `session` claim), if any."""
+    if token is None or guard.verifier is None:
+        return None
+    try:
+        return guard.verifier.verify(token, guard.clock()).session
+    except Exception:  # noqa: BLE001 - an unverifiable token names nothing
+        return None
+
+
 def _intent(options: GatewayOptions) -> dict[str, Any] | None:
     if options.intent_text is None and not options.intent_entities:
         return None
@@ -243,7 +253,15 @@ async def open_gateway(options: GatewayOptions, *, errlog: TextIO | None = None)
                 except OSError:
                     current = None
             if options.session_id is None:
-                return guard.open_session(identity_token=current, intent=intent, env=env)
+                try:
+                    return guard.open_session(identity_token=current, intent=intent, env=env)
+                except GuardError:
+                    # A token bound to a session (its `session` claim) names it: every client presenting
+                    # the token serves that one session.
+                    bound = _bound_session(guard, current)
+                    if bound is None:
+                        raise
+                    return guard.session(bound)
             # One named session for every client: the first replica opens it, the others join it.
             for _ in range(3):
                 try:
