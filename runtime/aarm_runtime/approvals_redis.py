@@ -40,9 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aarm_runtime.approvals import (
-    APPROVED,
     CANCELLED,
-    REJECTED,
     TIMEOUT,
     ApprovalAnswer,
     ApprovalError,
@@ -57,6 +55,7 @@ from aarm_runtime.approvals_store import (
     PENDING,
     PROPOSED,
     _answer_from,
+    _ProposalApprovals,
     _answer_json,
     _request_from,
     _request_json,
@@ -248,7 +247,7 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 
 
-class RedisApprovals:
+class RedisApprovals(_ProposalApprovals):
     """The approvals queue on the Redis server at *url_or_client*, answerable from any host; thread-safe.
 
     *prefix* starts every key; the other arguments are `SqliteApprovals`'s:
@@ -306,9 +305,6 @@ class RedisApprovals:
         except self._redis.RedisError as err:
             raise ApprovalError(f"approvals on Redis at `{self.address}`: {type(err).__name__}: {err}") from None
 
-    def _now(self) -> float:
-        return (self._clock or time.time)()
-
     def close(self) -> None:
         """Stop the owner's thread, mark the owner stopped (its requests can no longer be answered)."""
         with self._lock:
@@ -331,9 +327,6 @@ class RedisApprovals:
 
     def __enter__(self) -> RedisApprovals:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ---- the guard's side --------------------------------------------------------------
 
@@ -365,26 +358,6 @@ class RedisApprovals:
                          repr(float(request.requested_at)), repr(float(request.deadline))):
             raise ApprovalError(f"decision `{request.decision_id}` is already queued for approval")
 
-    def answer(self, decision_id: str) -> ApprovalAnswer | None:
-        """The final answer, or None while the request is pending (never blocks)."""
-        self._process(decision_id)
-        row = self._row(decision_id)
-        return _answer_from(row["answer"]) if row["state"] == ANSWERED else None
-
-    def wait(self, decision_id: str, timeout: float | None) -> ApprovalAnswer | None:
-        """Block until the request is answered or *timeout* seconds (real time) pass; None = no answer yet."""
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        while True:
-            got = self.answer(decision_id)
-            if got is not None:
-                return got
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            self._stop.wait(self._poll if remaining is None else min(self._poll, remaining))
-            if self._stop.is_set():
-                raise ApprovalError("the approvals store is closed")
-
     def expire(self, decision_id: str, *, verdict: str = TIMEOUT, reason: str | None = None) -> ApprovalAnswer:
         """End a pending request without a human (timeout or cancelled); a human's final answer stands."""
         if verdict not in (TIMEOUT, CANCELLED):
@@ -408,15 +381,6 @@ class RedisApprovals:
         return answer
 
     # ---- the operator's side ------------------------------------------------------------
-
-    def approve(self, decision_id: str, approver: str, *, args_hash: str | None = None,
-                reason: str | None = None) -> ApprovalAnswer:
-        """Approve one pending STEP_UP decision; *args_hash*, when given, must be the request's."""
-        return self._human(decision_id, APPROVED, approver, args_hash, reason)
-
-    def reject(self, decision_id: str, approver: str, *, reason: str | None = None) -> ApprovalAnswer:
-        """Reject one pending STEP_UP decision (the action is denied)."""
-        return self._human(decision_id, REJECTED, approver, None, reason)
 
     def pending(self) -> list[ApprovalRequest]:
         """Requests still waiting for an answer whose guard is running and whose deadline has not passed."""
@@ -522,46 +486,11 @@ class RedisApprovals:
         for did in ids:
             self._record_proposal(did)
 
-    def _record_proposal(self, decision_id: str) -> None:
-        request, row = self._claim(decision_id, (PROPOSED,))
-        if request is None:
-            return
-        proposal = json.loads(row["proposal"])
-        approver = proposal["approver"]
-        now = self._now()
-        if now >= request.deadline:
-            self._release(decision_id, f"approval of decision `{decision_id}` timed out")
-            self.expire(decision_id)
-            return
-        if self._authorize is not None:
-            try:
-                allowed = self._authorize(approver, request)
-            except Exception as err:  # noqa: BLE001 - an authoriser that fails refuses
-                allowed = False
-                refusal = f"the approver check failed: {err}"
-            else:
-                refusal = f"`{approver}` may not answer for {', '.join(request.approvers)}"
-            if not allowed:
-                self._release(decision_id, refusal)
-                return
-        answer = ApprovalAnswer(decision_id=decision_id, verdict=proposal["verdict"], approver=approver,
-                                args_hash=request.args_hash, at=now, reason=proposal.get("reason"))
-        try:
-            self._notify(request, answer)
-        except Exception as err:  # noqa: BLE001 - not recorded: it does not count, the request stays pending
-            self._release(decision_id, f"the answer to decision `{decision_id}` could not be recorded: {err}")
-            return
-        self._finish(decision_id, answer, error=None)
-
     def _release(self, decision_id: str, error: str) -> None:
         self._run("release", decision_id, error)
 
     def _finish(self, decision_id: str, answer: ApprovalAnswer, *, error: str | None) -> None:
         self._run("finish", decision_id, _answer_json(answer), 0 if error is None else 1, error or "", self._keep)
-
-    def _notify(self, request: ApprovalRequest, answer: ApprovalAnswer) -> None:
-        if self._listener is not None:
-            self._listener(request, answer)
 
     def _loop(self) -> None:
         last_beat = 0.0

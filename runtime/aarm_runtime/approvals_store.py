@@ -133,7 +133,84 @@ def _answer_from(text: str) -> ApprovalAnswer:
                           args_hash=d["args_hash"], at=d["at"], reason=d.get("reason"))
 
 
-class SqliteApprovals:
+class _ProposalApprovals:
+    """What `SqliteApprovals` and `aarm_runtime.approvals_redis.RedisApprovals` share, word for word: the
+    operator's side (approve, reject), reading and waiting for answers, and the owner recording a proposed
+    answer. Subclasses provide the storage steps (`_claim`, `_release`, `_finish`, `_human`, `_row`,
+    `expire`, `_await_proposal`) and the attributes `_clock`, `_listener`, `_authorize`."""
+
+    def _now(self) -> float:
+        return (self._clock or time.time)()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def answer(self, decision_id: str) -> ApprovalAnswer | None:
+        """The final answer, or None while the request is pending (never blocks)."""
+        self._process(decision_id)
+        row = self._row(decision_id)
+        return _answer_from(row["answer"]) if row["state"] == ANSWERED else None
+
+    def wait(self, decision_id: str, timeout: float | None) -> ApprovalAnswer | None:
+        """Block until the request is answered or *timeout* seconds (real time) pass; None = no answer yet."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            got = self.answer(decision_id)
+            if got is not None:
+                return got
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            self._stop.wait(self._poll if remaining is None else min(self._poll, remaining))
+            if self._stop.is_set():
+                raise ApprovalError("the approvals store is closed")
+
+    def approve(self, decision_id: str, approver: str, *, args_hash: str | None = None,
+                reason: str | None = None) -> ApprovalAnswer:
+        """Approve one pending STEP_UP decision; *args_hash*, when given, must be the request's."""
+        return self._human(decision_id, APPROVED, approver, args_hash, reason)
+
+    def reject(self, decision_id: str, approver: str, *, reason: str | None = None) -> ApprovalAnswer:
+        """Reject one pending STEP_UP decision (the action is denied)."""
+        return self._human(decision_id, REJECTED, approver, None, reason)
+
+    def _record_proposal(self, decision_id: str) -> None:
+        request, row = self._claim(decision_id, (PROPOSED,))
+        if request is None:
+            return
+        proposal = json.loads(row["proposal"])
+        approver = proposal["approver"]
+        now = self._now()
+        if now >= request.deadline:
+            self._release(decision_id, f"approval of decision `{decision_id}` timed out")
+            self.expire(decision_id)
+            return
+        if self._authorize is not None:
+            try:
+                allowed = self._authorize(approver, request)
+            except Exception as err:  # noqa: BLE001 - an authoriser that fails refuses
+                allowed = False
+                refusal = f"the approver check failed: {err}"
+            else:
+                refusal = f"`{approver}` may not answer for {', '.join(request.approvers)}"
+            if not allowed:
+                self._release(decision_id, refusal)
+                return
+        answer = ApprovalAnswer(decision_id=decision_id, verdict=proposal["verdict"], approver=approver,
+                                args_hash=request.args_hash, at=now, reason=proposal.get("reason"))
+        try:
+            self._notify(request, answer)
+        except Exception as err:  # noqa: BLE001 - not recorded: it does not count, the request stays pending
+            self._release(decision_id, f"the answer to decision `{decision_id}` could not be recorded: {err}")
+            return
+        self._finish(decision_id, answer, error=None)
+
+    def _notify(self, request: ApprovalRequest, answer: ApprovalAnswer) -> None:
+        if self._listener is not None:
+            self._listener(request, answer)
+
+
+class SqliteApprovals(_ProposalApprovals):
     """The approvals queue in a SQLite file, answerable from any process; thread-safe.
 
     *clock*: seconds since the epoch (defaults to the attached guard's clock,
@@ -201,9 +278,6 @@ class SqliteApprovals:
             raise
         return db
 
-    def _now(self) -> float:
-        return (self._clock or time.time)()
-
     def close(self) -> None:
         """Stop the owner's thread, forget the owner (its requests can no longer be answered), close the file."""
         with self._lock:
@@ -224,9 +298,6 @@ class SqliteApprovals:
 
     def __enter__(self) -> SqliteApprovals:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ---- the guard's side --------------------------------------------------------------
 
@@ -273,26 +344,6 @@ class SqliteApprovals:
             except sqlite3.IntegrityError:
                 raise ApprovalError(f"decision `{request.decision_id}` is already queued for approval") from None
 
-    def answer(self, decision_id: str) -> ApprovalAnswer | None:
-        """The final answer, or None while the request is pending (never blocks)."""
-        self._process(decision_id)
-        row = self._row(decision_id)
-        return _answer_from(row["answer"]) if row["state"] == ANSWERED else None
-
-    def wait(self, decision_id: str, timeout: float | None) -> ApprovalAnswer | None:
-        """Block until the request is answered or *timeout* seconds (real time) pass; None = no answer yet."""
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        while True:
-            got = self.answer(decision_id)
-            if got is not None:
-                return got
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            self._stop.wait(self._poll if remaining is None else min(self._poll, remaining))
-            if self._stop.is_set():
-                raise ApprovalError("the approvals store is closed")
-
     def expire(self, decision_id: str, *, verdict: str = TIMEOUT, reason: str | None = None) -> ApprovalAnswer:
         """End a pending request without a human (timeout or cancelled); a human's final answer stands."""
         if verdict not in (TIMEOUT, CANCELLED):
@@ -317,15 +368,6 @@ class SqliteApprovals:
         return answer
 
     # ---- the operator's side ------------------------------------------------------------
-
-    def approve(self, decision_id: str, approver: str, *, args_hash: str | None = None,
-                reason: str | None = None) -> ApprovalAnswer:
-        """Approve one pending STEP_UP decision; *args_hash*, when given, must be the request's."""
-        return self._human(decision_id, APPROVED, approver, args_hash, reason)
-
-    def reject(self, decision_id: str, approver: str, *, reason: str | None = None) -> ApprovalAnswer:
-        """Reject one pending STEP_UP decision (the action is denied)."""
-        return self._human(decision_id, REJECTED, approver, None, reason)
 
     def pending(self) -> list[ApprovalRequest]:
         """Requests still waiting for an answer whose guard is running and whose deadline has not passed."""
@@ -456,37 +498,6 @@ class SqliteApprovals:
         for did in ids:
             self._record_proposal(did)
 
-    def _record_proposal(self, decision_id: str) -> None:
-        request, row = self._claim(decision_id, (PROPOSED,))
-        if request is None:
-            return
-        proposal = json.loads(row["proposal"])
-        approver = proposal["approver"]
-        now = self._now()
-        if now >= request.deadline:
-            self._release(decision_id, f"approval of decision `{decision_id}` timed out")
-            self.expire(decision_id)
-            return
-        if self._authorize is not None:
-            try:
-                allowed = self._authorize(approver, request)
-            except Exception as err:  # noqa: BLE001 - an authoriser that fails refuses
-                allowed = False
-                refusal = f"the approver check failed: {err}"
-            else:
-                refusal = f"`{approver}` may not answer for {', '.join(request.approvers)}"
-            if not allowed:
-                self._release(decision_id, refusal)
-                return
-        answer = ApprovalAnswer(decision_id=decision_id, verdict=proposal["verdict"], approver=approver,
-                                args_hash=request.args_hash, at=now, reason=proposal.get("reason"))
-        try:
-            self._notify(request, answer)
-        except Exception as err:  # noqa: BLE001 - not recorded: it does not count, the request stays pending
-            self._release(decision_id, f"the answer to decision `{decision_id}` could not be recorded: {err}")
-            return
-        self._finish(decision_id, answer, error=None)
-
     def _release(self, decision_id: str, error: str) -> None:
         with self._lock, _tx(self._db):
             self._db.execute("UPDATE requests SET state=?, proposal=NULL, proposal_error=? WHERE decision_id=?"
@@ -496,10 +507,6 @@ class SqliteApprovals:
         with self._lock, _tx(self._db):
             self._db.execute("UPDATE requests SET state=?, answer=?, answered_at=?, proposal_error=?"
                              " WHERE decision_id=?", (ANSWERED, _answer_json(answer), answer.at, error, decision_id))
-
-    def _notify(self, request: ApprovalRequest, answer: ApprovalAnswer) -> None:
-        if self._listener is not None:
-            self._listener(request, answer)
 
     def _prune(self) -> None:
         self._db.execute(
