@@ -76,6 +76,7 @@ from aarm_runtime.approvals import (
     ApprovalRequest,
     Approvals,
 )
+from aarm_runtime.sqlite_file import Tx, open_database
 
 __all__ = ["SCHEMA_VERSION", "SqliteApprovals"]
 
@@ -243,39 +244,9 @@ class SqliteApprovals(_ProposalApprovals):
     # ---- the database ----------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        if not self.path.exists():
-            # Created here with 0600 rather than by SQLite with the umask's mode:
-            # rows carry the proposed params. SQLite gives its -wal and -shm files
-            # the database file's permissions.
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-                os.close(fd)
-            except FileExistsError:
-                pass
-        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        try:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise ApprovalError(f"approvals database `{self.path}` cannot use WAL mode (got `{mode}`)")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=10000")
-            with _tx(db):
-                # One statement at a time: `executescript` would commit the open transaction first.
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-                if row is None:
-                    db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                elif row[0] != str(SCHEMA_VERSION):
-                    raise ApprovalError(f"approvals database `{self.path}` has schema {row[0]}; "
-                                        f"this runtime reads {SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as err:
-            db.close()
-            raise ApprovalError(f"`{self.path}` is not a usable approvals database: {err}") from None
-        except BaseException:
-            db.close()
-            raise
+        db = open_database(self.path, schema=_SCHEMA, version=SCHEMA_VERSION, timeout_s=10.0,
+                           noun="approvals database", error=ApprovalError)
+        db.execute("PRAGMA synchronous=FULL")
         return db
 
     def close(self) -> None:
@@ -290,7 +261,7 @@ class SqliteApprovals(_ProposalApprovals):
         with self._lock:
             if self._owner is not None:
                 try:
-                    with _tx(self._db):
+                    with Tx(self._db):
                         self._db.execute("DELETE FROM owners WHERE owner=?", (self._owner,))
                 except sqlite3.Error:
                     pass
@@ -315,7 +286,7 @@ class SqliteApprovals(_ProposalApprovals):
             if self._owner is None:
                 self._owner = uuid.uuid4().hex
                 now = time.time()
-                with _tx(self._db):
+                with Tx(self._db):
                     # Guards that stopped a day ago (killed, or crashed) left rows no one can answer.
                     gone = now - FORGET_AFTER_S
                     self._db.execute("DELETE FROM requests WHERE owner IN"
@@ -334,7 +305,7 @@ class SqliteApprovals(_ProposalApprovals):
             if self._owner is None:
                 raise ApprovalError("only a store attached to a guard can queue approval requests")
             try:
-                with _tx(self._db):
+                with Tx(self._db):
                     self._db.execute(
                         "INSERT INTO requests (decision_id, owner, request, args_hash, requested_at, deadline, state)"
                         " VALUES (?,?,?,?,?,?,?)",
@@ -405,7 +376,7 @@ class SqliteApprovals(_ProposalApprovals):
             raise ApprovalError(f"`{approver}` is the runtime's own name and cannot approve")
         proposal = {"verdict": verdict, "approver": approver, "reason": reason, "nonce": uuid.uuid4().hex}
         with self._lock:
-            with _tx(self._db):
+            with Tx(self._db):
                 row = self._db.execute("SELECT owner, state, answer, deadline, args_hash FROM requests"
                                        " WHERE decision_id=?", (decision_id,)).fetchone()
                 if row is None:
@@ -444,7 +415,7 @@ class SqliteApprovals(_ProposalApprovals):
             if row["state"] == PENDING:
                 raise ApprovalError(row["proposal_error"] or f"the answer to decision `{decision_id}` was not recorded")
             if time.monotonic() >= limit:
-                with self._lock, _tx(self._db):
+                with self._lock, Tx(self._db):
                     withdrawn = self._db.execute(
                         "UPDATE requests SET state=?, proposal=NULL WHERE decision_id=? AND state=? AND proposal=?",
                         (PENDING, decision_id, PROPOSED, json.dumps(proposal))).rowcount
@@ -463,7 +434,7 @@ class SqliteApprovals(_ProposalApprovals):
         the claim across anything but recording the answer, and must end it
         with `_finish` or `_release`.
         """
-        with self._lock, _tx(self._db):
+        with self._lock, Tx(self._db):
             row = self._db.execute("SELECT owner, request, state, proposal, answer FROM requests"
                                    " WHERE decision_id=?", (decision_id,)).fetchone()
             if row is None:
@@ -499,12 +470,12 @@ class SqliteApprovals(_ProposalApprovals):
             self._record_proposal(did)
 
     def _release(self, decision_id: str, error: str) -> None:
-        with self._lock, _tx(self._db):
+        with self._lock, Tx(self._db):
             self._db.execute("UPDATE requests SET state=?, proposal=NULL, proposal_error=? WHERE decision_id=?"
                              " AND state=?", (PENDING, error, decision_id, ANSWERING))
 
     def _finish(self, decision_id: str, answer: ApprovalAnswer, *, error: str | None) -> None:
-        with self._lock, _tx(self._db):
+        with self._lock, Tx(self._db):
             self._db.execute("UPDATE requests SET state=?, answer=?, answered_at=?, proposal_error=?"
                              " WHERE decision_id=?", (ANSWERED, _answer_json(answer), answer.at, error, decision_id))
 
@@ -521,28 +492,9 @@ class SqliteApprovals(_ProposalApprovals):
                     with self._lock:
                         if self._closed:
                             return
-                        with _tx(self._db):
+                        with Tx(self._db):
                             self._db.execute("UPDATE owners SET heartbeat=? WHERE owner=?", (time.time(), self._owner))
                     last_beat = time.monotonic()
                 self._process()
             except Exception:  # noqa: BLE001 - a busy or failing database is retried at the next tick
                 continue
-
-
-class _tx:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error): one writer at a time across processes."""
-
-    __slots__ = ("_db",)
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN IMMEDIATE")
-        return self._db
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
-            self._db.execute("ROLLBACK")

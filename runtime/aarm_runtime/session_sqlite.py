@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aarm_runtime.session_store import LeaseLost, StoreError, StoreLockTimeout, StoreView, _blob, _check_id
+from aarm_runtime.sqlite_file import Tx, open_database
 
 __all__ = ["SCHEMA_VERSION", "SqliteSessionStore"]
 
@@ -92,42 +93,8 @@ class SqliteSessionStore:
     # ---- the database ----------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            if not self.path.exists():
-                # 0600 rather than the umask's mode: events hold the session's context.
-                try:
-                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                                 0o600)
-                    os.close(fd)
-                except FileExistsError:
-                    pass
-            db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
-                                 check_same_thread=False)
-        except (OSError, sqlite3.Error) as err:
-            raise StoreError(f"cannot open session store `{self.path}`: {err}") from None
-        try:
-            db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"session store `{self.path}` cannot use WAL mode (got `{mode}`)")
-            with _tx(db):
-                # One statement at a time: `executescript` would commit the open transaction first.
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-                if row is None:
-                    db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                elif row[0] != str(SCHEMA_VERSION):
-                    raise StoreError(f"session store `{self.path}` has schema {row[0]}; "
-                                     f"this runtime reads {SCHEMA_VERSION}")
-        except sqlite3.Error as err:
-            db.close()
-            raise StoreError(f"`{self.path}` is not a usable session store: {err}") from None
-        except BaseException:
-            db.close()
-            raise
-        return db
+        return open_database(self.path, schema=_SCHEMA, version=SCHEMA_VERSION, timeout_s=self._busy_timeout_s,
+                             noun="session store", error=StoreError)
 
     def _synchronous(self, mode: str) -> None:
         if self._sync != mode:
@@ -165,7 +132,7 @@ class SqliteSessionStore:
             now = time.time()
             try:
                 self._synchronous("FULL")
-                with _tx(self._db) as db:
+                with Tx(self._db) as db:
                     # Sessions past their TTL go here as well as when touched:
                     # otherwise one that nobody touches again stays forever.
                     gone = db.execute("SELECT id FROM sessions WHERE expires IS NOT NULL AND expires <= ?"
@@ -204,7 +171,7 @@ class SqliteSessionStore:
                 self._check()
                 try:
                     self._synchronous("NORMAL")
-                    with _tx(self._db) as db:
+                    with Tx(self._db) as db:
                         now = time.time()
                         row = self._expire(db, session_id, now)
                         if row is None:
@@ -241,7 +208,7 @@ class SqliteSessionStore:
             self._check()
             try:
                 self._synchronous("FULL")
-                with _tx(self._db) as db:
+                with Tx(self._db) as db:
                     now = time.time()
                     row = self._expire(db, session_id, now)
                     if row is None:
@@ -268,7 +235,7 @@ class SqliteSessionStore:
                 return  # as for a dead holder: the lease runs out
             try:
                 self._synchronous("NORMAL")
-                with _tx(self._db) as db:
+                with Tx(self._db) as db:
                     db.execute("UPDATE sessions SET lock_token=NULL WHERE id=? AND lock_token=?",
                                (session_id, token))
             except sqlite3.Error as err:
@@ -286,24 +253,3 @@ class SqliteSessionStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _tx:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error): one writer at a time across processes."""
-
-    __slots__ = ("_db",)
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN IMMEDIATE")
-        return self._db
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self._db.execute("COMMIT")
-        elif self._db.in_transaction:
-            # Some errors (disk full, I/O) end the transaction themselves; a
-            # second ROLLBACK would hide the error that matters.
-            self._db.execute("ROLLBACK")
