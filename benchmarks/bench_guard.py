@@ -34,11 +34,8 @@ Writes JSON (with a ``markdown`` section) to ``--out`` and prints the markdown.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,6 +51,7 @@ from aarm_runtime.engine import Engine  # noqa: E402
 from aarm_runtime.guard import Guard  # noqa: E402
 from aarm_runtime.identity import Identity, IdentityVerifier, RevocationList, issue_identity  # noqa: E402
 from aarm_runtime.receipt_log import ReceiptLog  # noqa: E402
+from timing_tools import filesystem as _filesystem, stats as _stats, timed as _timed  # noqa: E402
 
 AUTHOR = keys.SigningKey.from_seed(bytes(range(32)))
 RECEIPT_KEY = keys.SigningKey.from_seed(bytes(range(1, 33)))
@@ -78,35 +76,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def _pct(samples: list[int], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))] / 1000.0
-
-
-def _stats(samples: list[int]) -> dict:
-    return {"n": len(samples), "p50_us": _pct(samples, 0.5), "p90_us": _pct(samples, 0.9),
-            "p99_us": _pct(samples, 0.99), "mean_us": statistics.fmean(samples) / 1000.0}
-
-
-def _timed(fn, budget: float, before=None, minimum: int = 200) -> list[int]:
-    samples: list[int] = []
-    gc.collect()
-    gc.disable()
-    try:
-        end = time.perf_counter() + budget
-        i = 0
-        while time.perf_counter() < end or len(samples) < minimum:
-            if before is not None:
-                before(i)
-            t0 = time.perf_counter_ns()
-            fn(i)
-            samples.append(time.perf_counter_ns() - t0)
-            i += 1
-    finally:
-        gc.enable()
-    return samples
 
 
 def make_guard(artifact: bytes, directory: Path, fsync: str, aligner: object = None) -> tuple[Guard, Clock]:
@@ -236,14 +205,6 @@ def bench_threads(artifact: bytes, directory: Path, budget: float, threads: int 
     g.receipts.close()
     flat = [x for lst in latencies for x in lst]
     return {"threads": threads, "fsync": "group", "per_s": len(flat) / elapsed, **_stats(flat)}
-
-
-def _filesystem(directory: Path) -> str:
-    try:
-        line = subprocess.run(["df", "-T", str(directory)], capture_output=True, text=True, check=False)
-        return line.stdout.splitlines()[-1].split()[1]
-    except (OSError, IndexError):
-        return "unknown"
 
 
 def markdown(out: dict) -> str:

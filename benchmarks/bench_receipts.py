@@ -26,12 +26,10 @@ Decide + append together is measured with the engine elsewhere. Writes JSON
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +42,7 @@ from aarm_runtime import receipts as R
 from aarm_runtime.decision import Decision
 from aarm_runtime.receipt_log import ReceiptLog
 from aarm_runtime.verify import PARALLEL_THRESHOLD, verify_log
+from timing_tools import filesystem as _filesystem, pct as _pct, stats as _stats, timed as _timed
 
 HERE = Path(__file__).resolve().parent
 KEY = keys.SigningKey.from_seed(bytes(range(32)))
@@ -59,33 +58,6 @@ def _record(i: int) -> R.Record:
     return R.decision_record(session="sess-1", decision_id=f"d{i}", action_id=f"a{i}", tool="mail.send",
                              params={"to": "bob@example.com", "subject": "minutes", "n": i}, decision=DECISION,
                              policy=POLICY, identity=IDENTITY, context=CONTEXT)
-
-
-def _pct(samples: list[int], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))] / 1000.0
-
-
-def _stats(samples: list[int]) -> dict:
-    return {"n": len(samples), "p50_us": _pct(samples, 0.5), "p90_us": _pct(samples, 0.9),
-            "p99_us": _pct(samples, 0.99), "mean_us": statistics.fmean(samples) / 1000.0}
-
-
-def _timed(fn, budget: float, minimum: int = 200) -> list[int]:
-    samples: list[int] = []
-    gc.collect()
-    gc.disable()
-    try:
-        end = time.perf_counter() + budget
-        i = 0
-        while time.perf_counter() < end or len(samples) < minimum:
-            t0 = time.perf_counter_ns()
-            fn(i)
-            samples.append(time.perf_counter_ns() - t0)
-            i += 1
-    finally:
-        gc.enable()
-    return samples
 
 
 def bench_floor(budget: float) -> dict:
@@ -207,14 +179,6 @@ def bench_verify(directory: Path, n_records: int, rounds: int) -> dict:
                 best = run
         out["runs"][str(workers)] = best
     return out
-
-
-def _filesystem(directory: Path) -> str:
-    try:
-        line = subprocess.run(["df", "-T", str(directory)], capture_output=True, text=True, check=False)
-        return line.stdout.splitlines()[-1].split()[1]
-    except (OSError, IndexError):
-        return "unknown"
 
 
 def markdown(out: dict) -> str:

@@ -51,6 +51,7 @@ from aarm_runtime.guard import Guard  # noqa: E402
 from aarm_runtime.identity import Identity, IdentityVerifier, RevocationList, issue_identity  # noqa: E402
 from aarm_runtime.receipt_log import ReceiptLog  # noqa: E402
 from aarm_runtime.session_store import MemorySessionStore  # noqa: E402
+from timing_tools import pct as _pct  # noqa: E402
 
 AUTHOR = keys.SigningKey.from_seed(bytes(range(32)))
 RECEIPT_KEY = keys.SigningKey.from_seed(bytes(range(1, 33)))
@@ -64,11 +65,6 @@ def compile_spec() -> bytes:
 
     policy = load_policy([REPO / "specs" / "mail-assistant"]).policy
     return compile_policy(policy, AUTHOR, validate=False).data
-
-
-def _pct(samples: list[int], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))] / 1000.0
 
 
 def _stats(samples: list[int]) -> dict:

@@ -54,6 +54,7 @@ from aarm_runtime.guard import Guard
 from aarm_runtime.identity import Identity, IdentityVerifier, RevocationList, issue_identity
 from aarm_runtime.receipt_log import ReceiptLog
 from aarm_runtime.telemetry import OCSF_VERSION, OcsfJsonLines, Telemetry, sanitize
+from timing_tools import pct as _pct  # noqa: E402
 
 AUTHOR = keys.SigningKey.from_seed(bytes(range(32)))
 RECEIPT_KEY = keys.SigningKey.from_seed(bytes(range(1, 33)))
@@ -146,11 +147,6 @@ def _discarding_provider() -> tuple[Any, Any]:
 
 
 # ---- statistics -----------------------------------------------------------------------------------
-
-
-def _pct(samples: list[int], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))] / 1000.0
 
 
 # ---- the real events --------------------------------------------------------------------------------
