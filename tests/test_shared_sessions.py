@@ -570,3 +570,25 @@ def test_a_burst_across_replicas_cannot_slip_under_a_rate_limit(tmp_path, kind, 
         t.join(60)
     assert sorted(results) == sorted([("allow", ("internal-mail",))] * 10 + [("deny", ("send-burst",))] * 5), \
         results
+
+
+def test_an_aligner_that_raises_or_answers_out_of_range_denies(tmp_path):
+    import dataclasses
+
+    from aarm_runtime.aligner import OverlapAligner
+
+    class Broken:
+        def assess(self, intent, tool, params, prior):
+            raise RuntimeError("model unavailable")
+
+    class Wild(OverlapAligner):
+        def assess(self, intent, tool, params, prior):
+            return dataclasses.make_dataclass("A", ["score", "drift"])(Decimal("0.12345"), Decimal("0"))
+
+    for aligner in (Broken(), Wild()):
+        g = Guard(engine(SPEC), receipts=new_log(tmp_path, name=f"{type(aligner).__name__}.cbor"),
+                  identity_verifier=verifier(), clock=Clock(), aligner=aligner)
+        s = g.open_session(token(), intent=INTENT)
+        ran = []
+        got = g.call(s, "email.send", {"to": "bob@corp.example", "subject": "m", "body": "x"}, ran.append)
+        assert not got.ok and ran == [] and got.decision.reason == "internal-error", got.decision

@@ -1004,7 +1004,7 @@ class Guard:
         """Time out every pending decision past its deadline, in every session (receipts say so)."""
         for session in list(self.sessions.values()):
             try:
-                self._sweep(session, synced=True)
+                self._sweep(session, refresh=True)
             except StoreError:
                 continue
 
@@ -1032,9 +1032,9 @@ class Guard:
                 if (s.redeem_until is not None and now > s.redeem_until)
                 or (s.redeem_until is None and s.deadline is not None and now >= s.deadline)]
 
-    def _sweep(self, session: Session, synced: bool = False) -> None:
+    def _sweep(self, session: Session, refresh: bool = False) -> None:
         # A shared session's cache may not show what other replicas left pending: the sweeper syncs it.
-        if not session.pending and not (session.shared and synced):
+        if not session.pending and not (session.shared and refresh):
             return
         now = self.clock()
         with session.lock:
@@ -1088,7 +1088,7 @@ class Guard:
                         sub, pendings, state = self._decide_locked(session, tool, prepared, risk)
                 if sub is not None:
                     break
-                self._sweep(session, synced=True)
+                self._sweep(session, refresh=True)
             else:
                 with session.lock:
                     sub, pendings, state = self._decide_locked(session, tool, prepared, risk)
