@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import decimal
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aarm_runtime import aligner as A
 from aarm_runtime import values
 from aarm_runtime.aligner import (
     PUBLIC_MAIL_DOMAINS,
@@ -226,6 +228,37 @@ def test_drift_forgives_slower_than_it_rises() -> None:
     up = drift_step(Decimal(0), Decimal(0))
     down = drift_step(Decimal(1), Decimal(1))
     assert up == Decimal("0.3334") and down == Decimal("0.9")
+
+
+@given(st.decimals(min_value=0, max_value=1, places=4), st.decimals(min_value=0, max_value=1, places=4),
+       st.fractions(min_value=Fraction(1, 1000), max_value=1, max_denominator=1000),
+       st.fractions(min_value=Fraction(1, 1000), max_value=1, max_denominator=1000))
+def test_drift_step_is_the_documented_ewma_in_exact_arithmetic(previous: Decimal, s: Decimal, rise: Fraction,
+                                                               fall: Fraction) -> None:
+    # drift_step computes on the 10^-4 grid in integers; this is its docstring's definition in Fractions.
+    prev, target = Fraction(previous), 1 - Fraction(s)
+    if target >= prev:
+        want = math.ceil((prev + rise * (target - prev)) * 10_000)
+    else:
+        want = math.floor((prev - fall * (prev - target)) * 10_000)
+    assert drift_step(previous, s, rise=rise, fall=fall) == Fraction(want, 10_000)
+
+
+ints = st.integers(min_value=-10**6, max_value=10**6)
+dens = st.integers(min_value=1, max_value=10**6)
+
+
+@given(st.lists(st.tuples(ints, dens), min_size=2, max_size=6))
+def test_score_arithmetic_is_exact_rational_arithmetic(pairs: list[tuple[int, int]]) -> None:
+    # `_score` computes with unreduced (numerator, denominator) pairs; each operation must be Fraction's.
+    fr = [Fraction(n, d) for n, d in pairs]
+    a, b = pairs[0], pairs[1]
+    assert Fraction(*A._q_add(a, b)) == fr[0] + fr[1]
+    assert Fraction(*A._q_mul(a, b)) == fr[0] * fr[1]
+    assert A._q_less(a, b) == (fr[0] < fr[1])
+    assert Fraction(*A._q_mean(pairs)) == sum(fr, Fraction(0)) / len(fr)
+    assert A._q_round(a) == round(fr[0] * 10_000)  # half to even, like round(Fraction)
+    assert A._q_round((2 * a[0] + 1, 2 * 10_000)) == round(Fraction(2 * a[0] + 1, 2 * 10_000) * 10_000)  # ties
 
 
 score_lists = st.lists(st.decimals(min_value=0, max_value=1, places=4), max_size=40)

@@ -15,8 +15,9 @@ both stay absent, hence unknown (LANGUAGE.md §5.3). An aligner that raises
 denies the action: the guard treats it as an internal error.
 
 Values are exact: both numbers are `Decimal` in canonical form (no trailing
-zeros) with at most 4 decimal places, computed with `Fraction` arithmetic and
-no floats, sets iterated only for membership and dict keys visited sorted, so
+zeros) with at most 4 decimal places, computed with exact rational arithmetic
+(integer numerator and denominator pairs, no floats; the configured constants
+are `Fraction`s), sets iterated only for membership and dict keys visited sorted, so
 every replica computes the same values from the same inputs, whatever the
 hash seed, the decimal context or the key order of the params.
 
@@ -90,8 +91,69 @@ def _unit_decimal(value: Any, what: str) -> Decimal:
 
 
 def _decimal(scaled: int) -> Decimal:
-    # Built from text, so that no decimal context (precision, rounding) is involved.
-    return Decimal(values.canonical_decimal(Decimal(f"{scaled // _SCALE}.{scaled % _SCALE:04d}")))
+    """The canonical Decimal of ``scaled / 10^4`` (scaled in [0, 10^4]; every value is made once)."""
+    got = _DECIMALS.get(scaled)
+    if got is None:
+        # Built from text, so that no decimal context (precision, rounding) is involved.
+        got = Decimal(values.canonical_decimal(Decimal(f"{scaled // _SCALE}.{scaled % _SCALE:04d}")))
+        if 0 <= scaled <= _SCALE:
+            _DECIMALS[scaled] = got
+    return got
+
+
+_DECIMALS: dict[int, Decimal] = {}
+
+
+def _scaled(value: Decimal) -> int | None:
+    """``value × 10^4`` as an int when that is exact (at most 4 places), else None; no decimal context."""
+    sign, digits, exponent = value.as_tuple()
+    if type(exponent) is not int or exponent < -4:
+        return None
+    n = 0
+    for digit in digits:
+        n = n * 10 + digit
+    n *= 10 ** (exponent + 4)
+    return -n if sign else n
+
+
+# Exact rationals as (numerator, denominator) pairs, denominator > 0, not reduced: the few operations
+# of one score stay small, and cost a fraction of `Fraction`'s (which reduces by gcd at every step and
+# dispatches on types). The result is rounded once, exactly.
+_Q = tuple[int, int]
+_Q0: _Q = (0, 1)
+_Q1: _Q = (1, 1)
+
+
+def _q(value: Fraction) -> _Q:
+    return (value.numerator, value.denominator)
+
+
+def _q_add(a: _Q, b: _Q) -> _Q:
+    return (a[0] * b[1] + b[0] * a[1], a[1] * b[1])
+
+
+def _q_mul(a: _Q, b: _Q) -> _Q:
+    return (a[0] * b[0], a[1] * b[1])
+
+
+def _q_less(a: _Q, b: _Q) -> bool:
+    return a[0] * b[1] < b[0] * a[1]
+
+
+def _q_mean(items: list[_Q]) -> _Q:
+    total = _Q0
+    for item in items:
+        total = _q_add(total, item)
+    return (total[0], total[1] * len(items))
+
+
+def _q_round(a: _Q) -> int:
+    """``a × 10^4`` rounded to the nearest int, ties to even (as ``round(Fraction)``)."""
+    whole, rest = divmod(a[0] * _SCALE, a[1])
+    twice = 2 * rest
+    if twice > a[1] or (twice == a[1] and whole % 2 == 1):
+        return whole + 1
+    return whole
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -111,6 +173,14 @@ class Alignment:
     def __post_init__(self) -> None:
         object.__setattr__(self, "score", _unit_decimal(self.score, "score"))
         object.__setattr__(self, "drift", _unit_decimal(self.drift, "drift"))
+
+    @classmethod
+    def _canonical(cls, score: Decimal, drift: Decimal) -> Alignment:
+        """For values `_decimal` made (canonical, on the grid, in [0, 1]): the checks above would pass."""
+        made = object.__new__(cls)
+        object.__setattr__(made, "score", score)
+        object.__setattr__(made, "drift", drift)
+        return made
 
 
 @runtime_checkable
@@ -149,6 +219,14 @@ def drift_step(previous: Decimal, score: Decimal, *, rise: Fraction = Fraction(1
     >>> drift_step(d, Decimal(1))        # then a perfectly aligned one
     Decimal('0.6334')
     """
+    prev_s = _scaled(previous) if type(previous) is Decimal else None
+    score_s = _scaled(score) if type(score) is Decimal else None
+    if prev_s is not None and score_s is not None and type(rise) is Fraction and type(fall) is Fraction:
+        # Both on the 10^-4 grid (what alignments hold): the same steps in integers (ceil / floor).
+        target_s = _SCALE - score_s
+        if target_s >= prev_s:
+            return _decimal(prev_s - (-rise.numerator * (target_s - prev_s) // rise.denominator))
+        return _decimal(prev_s + (-fall.numerator * (prev_s - target_s) // fall.denominator))
     prev = Fraction(previous)
     target = 1 - Fraction(score)
     if target >= prev:
@@ -255,9 +333,9 @@ def _parents(domain: str) -> Iterable[str]:
 class _Items:
     """The scored evidence of one action's params."""
 
-    dests: list[Fraction]
-    objects: list[Fraction]
-    contents: list[Fraction]
+    dests: list[_Q]
+    objects: list[_Q]
+    contents: list[_Q]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -319,6 +397,8 @@ class OverlapAligner:
     max_chars: int = 65536
     max_string_chars: int = 4096
     _cache: dict[Any, _Request] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+    # The constants as exact (numerator, denominator) pairs, for the arithmetic of `_score`.
+    _k: dict[str, _Q] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("tool_only", "target_only", "service_credit", "word_credit", "domain_credit",
@@ -330,6 +410,9 @@ class OverlapAligner:
             _count(getattr(self, name), name)
         object.__setattr__(self, "stopwords", frozenset(_lower(w) for w in self.stopwords))
         object.__setattr__(self, "public_domains", frozenset(_lower(d) for d in self.public_domains))
+        for name in ("tool_only", "target_only", "service_credit", "word_credit", "domain_credit",
+                     "url_word_credit", "content_weight", "partial_credit"):
+            self._k[name] = _q(getattr(self, name))
 
     # ---- the interface -----------------------------------------------------------------
 
@@ -339,7 +422,10 @@ class OverlapAligner:
         score = self.score(intent, tool, params)
         if score is None:
             return None
-        return Alignment(score=score, drift=self.next_drift(prior[-1] if prior else None, score))
+        drift = self.next_drift(prior[-1] if prior else None, score)
+        if _DECIMALS.get(_scaled(score)) is score and _DECIMALS.get(_scaled(drift)) is drift:
+            return Alignment._canonical(score, drift)  # both made here by `_decimal`: canonical, in [0, 1]
+        return Alignment(score=score, drift=drift)
 
     def next_drift(self, last: Alignment | None, score: Decimal) -> Decimal:
         """The drift after an action scored `score`, from the previous action's alignment."""
@@ -363,8 +449,7 @@ class OverlapAligner:
         request = self._request(intent)
         if request is None:
             return None
-        exact = self._score(request, tool, params)
-        return _decimal(round(exact * _SCALE))  # Fraction rounds half to even, exactly
+        return _decimal(_q_round(self._score(request, tool, params)))
 
     # ---- the request ------------------------------------------------------------------
 
@@ -438,7 +523,7 @@ class OverlapAligner:
         return len(text) >= 3 and _TOKEN_RUN.fullmatch(text) is not None and request.terms.contains(
             values.Token(lowered, ((0, len(lowered)),)))
 
-    def _overlap(self, request: _Request, words: set[str]) -> Fraction | None:
+    def _overlap(self, request: _Request, words: set[str]) -> _Q | None:
         """How much of `words` the request uses: 0 for none, else `partial_credit` plus the rest
         of the way in proportion (a value related to the request by one word is no stranger).
         Numbers count only when they match: an unnamed number is a detail, not a topic."""
@@ -447,45 +532,61 @@ class OverlapAligner:
         if matched + unmatched == 0:
             return None
         if matched == 0:
-            return Fraction(0)
-        return self.partial_credit + (1 - self.partial_credit) * Fraction(matched, matched + unmatched)
+            return _Q0
+        # partial + (1 - partial) × matched / (matched + unmatched)
+        pn, pd = self._k["partial_credit"]
+        total = matched + unmatched
+        return (pn * total + (pd - pn) * matched, pd * total)
 
     # ---- the action -------------------------------------------------------------------
 
-    def _tool_evidence(self, request: _Request, tool: str) -> Fraction | None:
+    def _tool_evidence(self, request: _Request, tool: str) -> _Q | None:
         if not request.has_tool_evidence:
             return None
         if not isinstance(tool, str):
-            return Fraction(0)
+            return _Q0
         if tool in request.tools:
-            return Fraction(1)
-        best = Fraction(0)
+            return _Q1
+        best = _Q0
         if "." in tool and tool.rpartition(".")[0] in request.services:
-            best = self.service_credit
-        if self._words(tool) & request.words:
-            best = max(best, self.word_credit)
+            best = self._k["service_credit"]
+        if self._words(tool) & request.words and _q_less(best, self._k["word_credit"]):
+            best = self._k["word_credit"]
         return best
 
-    def _score(self, request: _Request, tool: str, params: Any) -> Fraction:
+    def _score(self, request: _Request, tool: str, params: Any) -> _Q:
         t = self._tool_evidence(request, tool)
         items = self._items(request, params)
-        parts: list[tuple[Fraction, Fraction]] = []
-        d = min(items.dests) if items.dests else None
+        parts: list[tuple[_Q, _Q]] = []
+        d = None
+        for dest in items.dests:
+            if d is None or _q_less(dest, d):
+                d = dest
         if d is not None:
-            parts.append((d, Fraction(1)))
+            parts.append((d, _Q1))
         if items.objects:
-            parts.append((sum(items.objects, Fraction(0)) / len(items.objects), Fraction(1)))
-        if items.contents and self.content_weight > 0:
-            parts.append((sum(items.contents, Fraction(0)) / len(items.contents), self.content_weight))
-        weight = sum((w for _, w in parts), Fraction(0))
-        p = sum((v * w for v, w in parts), Fraction(0)) / weight if weight else None
+            parts.append((_q_mean(items.objects), _Q1))
+        content_weight = self._k["content_weight"]
+        if items.contents and content_weight[0] > 0:
+            parts.append((_q_mean(items.contents), content_weight))
+        weight = _Q0
+        weighted = _Q0
+        for v, w in parts:
+            weight = _q_add(weight, w)
+            weighted = _q_add(weighted, _q_mul(v, w))
+        # p = weighted / weight
+        p = (weighted[0] * weight[1], weighted[1] * weight[0]) if weight[0] else None
         if t is None:
-            return p if p is not None else Fraction(0)
+            return p if p is not None else _Q0
         if d is not None:
-            t = t * d
+            t = _q_mul(t, d)
         if p is None:
             return t
-        return t * p + self.tool_only * t * (1 - p) + self.target_only * (1 - t) * p
+        # t·p + tool_only·t·(1 − p) + target_only·(1 − t)·p
+        not_p = (p[1] - p[0], p[1])
+        not_t = (t[1] - t[0], t[1])
+        return _q_add(_q_add(_q_mul(t, p), _q_mul(self._k["tool_only"], _q_mul(t, not_p))),
+                      _q_mul(self._k["target_only"], _q_mul(not_t, p)))
 
     def _items(self, request: _Request, params: Any) -> _Items:
         items = _Items([], [], [])
@@ -532,7 +633,7 @@ class OverlapAligner:
         if truncated:
             # The unread part may hold anything, a recipient too: it counts as
             # a destination the request never named.
-            items.dests.append(Fraction(0))
+            items.dests.append(_Q0)
         return items
 
     def _scalar_item(self, request: _Request, value: Any, items: _Items) -> int:
@@ -554,7 +655,7 @@ class OverlapAligner:
         # A number the request names is evidence; any other is a detail
         # (a limit, a duration) that says nothing against the action.
         if token is not None and self._named(request, token):
-            items.objects.append(Fraction(1))
+            items.objects.append(_Q1)
             return 1
         return 0
 
@@ -564,7 +665,7 @@ class OverlapAligner:
             return 0
         if _WHITESPACE.search(text):
             if self._named(request, text):
-                items.contents.append(Fraction(1))
+                items.contents.append(_Q1)
                 return 1
             share = self._overlap(request, self._words(text))
             if share is None:
@@ -582,12 +683,12 @@ class OverlapAligner:
                 items.dests.append(dest)
                 return 1
         if self._named(request, text):
-            items.objects.append(Fraction(1))
+            items.objects.append(_Q1)
             return 1
         if "/" in text:
             name = text.rstrip("/").rpartition("/")[2]
             if len(name) >= 3 and self._named(request, name):
-                items.objects.append(Fraction(1))
+                items.objects.append(_Q1)
                 return 1
         share = self._overlap(request, self._words(text))
         if share is None:
@@ -600,7 +701,7 @@ class OverlapAligner:
             return False
         return any(parent in request.domains for parent in _parents(domain))
 
-    def _email(self, request: _Request, text: str) -> Fraction | None:
+    def _email(self, request: _Request, text: str) -> _Q | None:
         try:
             email = values.parse_email(text)
         except ValueError:
@@ -608,23 +709,23 @@ class OverlapAligner:
         if not _host_like(email.domain):
             return None
         if self._named(request, text):
-            return Fraction(1)
-        return self.domain_credit if self._domain(request, email.domain) else Fraction(0)
+            return _Q1
+        return self._k["domain_credit"] if self._domain(request, email.domain) else _Q0
 
-    def _url(self, request: _Request, text: str) -> Fraction | None:
+    def _url(self, request: _Request, text: str) -> _Q | None:
         try:
             url = values.parse_url(text)
         except ValueError:
             return None
         if _lower(text) in request.phrases or _lower(str(url)) in request.phrases:
-            return Fraction(1)
+            return _Q1
         host = url.host
         if host in request.domains:
-            return Fraction(1)
+            return _Q1
         if self._domain(request, host):
-            return self.domain_credit
+            return self._k["domain_credit"]
         labels = host.split(".")
         words = self._words(" ".join(label for label in labels[:-1] if label != "www"))
         words |= self._words(url.path)
         share = self._overlap(request, words)
-        return self.url_word_credit * share if share is not None else Fraction(0)
+        return _q_mul(self._k["url_word_credit"], share) if share is not None else _Q0
