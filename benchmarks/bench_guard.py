@@ -27,6 +27,10 @@ timed loop (every row states its fsync mode):
   before it runs the tool;
 * group commit, 4 threads, each with its own session: acknowledged decisions
   per second and their latency.
+* memory of a long-running guard — sessions of 20 allowed sends with their
+  outcomes, closed one after another: resident memory and allocated blocks
+  at 20,000, 80,000 and 140,000 decisions (past the 65,536 finished decisions
+  the log writer remembers), and their growth per decision past that bound.
 
 Writes JSON (with a ``markdown`` section) to ``--out`` and prints the markdown.
 """
@@ -207,6 +211,47 @@ def bench_threads(artifact: bytes, directory: Path, budget: float, threads: int 
     return {"threads": threads, "fsync": "group", "per_s": len(flat) / elapsed, **_stats(flat)}
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def bench_memory(artifact: bytes, directory: Path, checkpoints: tuple[int, ...]) -> dict:
+    """A long-running guard: sessions of 20 ALLOWed sends, each with its outcome, then closed. The
+    process's resident memory at each checkpoint (decisions made so far); what grows per decision past
+    the writer's bound on remembered finished decisions (`receipt_log.REMEMBER_FINISHED`)."""
+    import gc
+
+    from aarm_runtime import receipt_log
+
+    g, clock = make_guard(artifact, directory, "group")
+    out: list[dict] = []
+    done = 0
+    t0 = time.perf_counter()
+    for target in checkpoints:
+        while done < target:
+            s = open_session(g, principal=f"user{done}")
+            for _ in range(20):
+                clock.t += 361
+                sub = g.submit(s, *ACTION, RISK, wait=False)
+                assert sub.status == "allow", sub
+                g.record_outcome(s, sub.decision_id, ok=True, output={"id": "m"})
+            g.close_session(s)
+            done += 20
+        gc.collect()
+        state = g.receipts._state
+        out.append({"decisions": done, "rss_mb": _rss_bytes() / 2**20, "blocks": sys.getallocatedblocks(),
+                    "open": len(state.decisions), "finished_kept": len(state.finished)})
+    elapsed = time.perf_counter() - t0
+    g.close()
+    g.receipts.close()
+    last, before = out[-1], out[-2]
+    n = last["decisions"] - before["decisions"]
+    return {"checkpoints": out, "bytes_per_decision_after_bound": (last["rss_mb"] - before["rss_mb"]) * 2**20 / n,
+            "blocks_per_decision_after_bound": (last["blocks"] - before["blocks"]) / n,
+            "remember": receipt_log.REMEMBER_FINISHED, "seconds": elapsed}
+
+
 def markdown(out: dict) -> str:
     rows = out["rows"]
     goal = next(r for r in rows if r["key"] == "signed_group")
@@ -246,6 +291,23 @@ def markdown(out: dict) -> str:
         "*acknowledged* rows, dominated by fdatasync on this file system (one thread alone gains nothing from "
         "group commit; concurrent sessions share each fsync). A shared 2-vCPU VM: compare rows within one run.",
     ]
+    m = out.get("memory")
+    if m is not None:
+        cps = m["checkpoints"]
+        lines += [
+            "",
+            "Memory of a long-running guard (sessions of 20 ALLOWed sends, each with its outcome, then closed; "
+            "resident set of the whole process, fsync `group`; the writer remembers the last "
+            f"{m['remember']:,} finished decisions to catch a reused id, docs/receipts.md §3):",
+            "",
+            "| decisions made | resident MB | Python objects allocated (blocks) | finished decisions the writer keeps |",
+            "|---:|---:|---:|---:|",
+            *(f"| {c['decisions']:,} | {c['rss_mb']:.1f} | {c['blocks']:,} | {c['finished_kept']:,} |" for c in cps),
+            "",
+            f"Growth past the bound, {cps[-2]['decisions']:,} → {cps[-1]['decisions']:,} decisions: "
+            f"{m['bytes_per_decision_after_bound']:.1f} resident bytes and {m['blocks_per_decision_after_bound']:.3f} "
+            f"allocated blocks per decision ({m['seconds']:.0f} s for the whole row).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -288,6 +350,7 @@ def main() -> None:
             bench_submit(artifact, tmp_dir, "none", True, budget))
         out["rows"] = rows
         out["threads"] = bench_threads(artifact, tmp_dir, budget)
+        out["memory"] = bench_memory(artifact, tmp_dir, (2_000, 10_000) if a.quick else (20_000, 80_000, 140_000))
     out["markdown"] = markdown(out)
     target = Path(a.out)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -20,10 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aarm_runtime import cose, dcbor, keys
+from aarm_runtime import cose, dcbor, keys, receipt_log
 from aarm_runtime import receipts as R
 from aarm_runtime.decision import Decision
+from aarm_runtime.receipt_log import ReceiptLog
 from aarm_runtime.receipts import Kind, ReceiptFormatError, Record, StateError, StateMachine
+from aarm_runtime.verify import Status, verify_log
 
 from test_receipt_log import KEY_A, write_sample_log
 
@@ -482,8 +484,8 @@ def _dec(s: str, did: str, effect: str, action_id: str | None = None) -> Record:
                              decision=Decision(decision=effect, rules=(), reason="rule", message=""))
 
 
-def _run(*records: Record) -> StateMachine:
-    sm = StateMachine()
+def _run(*records: Record, remember: int | None = None) -> StateMachine:
+    sm = StateMachine(remember=remember)
     sm.apply(Record(kind=Kind.LOG_OPEN))
     for r in records:
         sm.apply(r)
@@ -542,9 +544,67 @@ def test_state_machine_accepts_the_documented_order() -> None:
         ((Record(kind=Kind.LOG_CLOSE, close=R.Close(checkpoints=0)), _start("s")), "after log-close"),
     ],
 )
-def test_state_machine_refusals(records: tuple[Record, ...], fragment: str) -> None:
-    with pytest.raises(StateError, match=fragment):
-        _run(*records)
+@pytest.mark.parametrize("remember", [None, 64, 0])
+def test_state_machine_refusals(records: tuple[Record, ...], fragment: str, remember: int | None) -> None:
+    # Remembering few finished decisions (the writer's bounded memory) refuses the same records; only
+    # the message may differ once the decision or session it names has been forgotten.
+    with pytest.raises(StateError, match=fragment if remember != 0 else None):
+        _run(*records, remember=remember)
+
+
+def _finished_pair(s: str, did: str) -> tuple[Record, Record]:
+    return (_dec(s, did, "allow", "a" + did), R.outcome_record(session=s, ref=did, ok=True, start_ns=0, end_ns=1))
+
+
+def test_bounded_state_machine_forgets_only_the_oldest_finished_decisions_and_ended_sessions() -> None:
+    records: list[Record] = [_start("s")]
+    for i in range(10):
+        records += _finished_pair("s", f"d{i}")
+    records += [_dec("s", "open-allow", "allow"), _dec("s", "open-stepup", "step_up"), _dec("s", "gone", "deny")]
+    for i in range(5):
+        records += [_start(f"t{i}"), R.session_end_record(f"t{i}")]
+    sm = _run(*records, remember=3)
+    # What may still be followed stays, whatever its age; of the rest, the three most recent.
+    assert set(sm.decisions) == {"open-allow", "open-stepup"}
+    assert len(sm.finished) == 3 and "gone" in sm.finished and "d9" in sm.finished and "d6" not in sm.finished
+    assert set(sm.sessions) == {"s"} and len(sm.ended) == 3 and "t4" in sm.ended and "t1" not in sm.ended
+    sm.check(R.outcome_record(session="s", ref="open-allow", ok=True, start_ns=0, end_ns=1))
+    sm.check(R.approval_record(session="s", ref="open-stepup", approver="c", verdict="approved"))
+    for refused, fragment in [
+        (_dec("s", "d9", "allow"), "second decision record"),  # a recent id reused
+        (R.outcome_record(session="s", ref="d9", ok=True, start_ns=0, end_ns=1), "second outcome"),
+        (R.outcome_record(session="s", ref="d0", ok=True, start_ns=0, end_ns=1), "no earlier record"),  # forgotten
+        (_start("t4"), "started twice"),
+        (_dec("t4", "x", "allow"), "after session `t4` ended"),
+        (_dec("t0", "x", "allow"), "before its session-start"),  # a forgotten ended session: still refused
+    ]:
+        with pytest.raises(StateError, match=fragment):
+            sm.check(refused)
+    # The price, documented: an id reused after it was forgotten passes the writer; the verifier's
+    # machine, which forgets nothing, refuses the same records.
+    reused = [_dec("s", "d0", "allow"), _start("t0")]
+    for r in reused:
+        sm.apply(r)
+    for r in reused:
+        with pytest.raises(StateError):
+            _run(*records, r)
+
+
+def test_the_writer_keeps_bounded_state_and_its_log_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(receipt_log, "REMEMBER_FINISHED", 8)
+    key = keys.SigningKey.from_seed(bytes(range(32)))
+    path = tmp_path / "r.cbor"
+    with ReceiptLog.create(path, key, fsync="none") as log:
+        for i in range(40):
+            log.append(_start(f"s{i}"))
+            for j in range(3):
+                for r in _finished_pair(f"s{i}", f"d{i}.{j}"):
+                    log.append(r)
+            log.append(R.session_end_record(f"s{i}"))
+        state = log._state
+        assert not state.decisions and not state.sessions and len(state.finished) == 8 and len(state.ended) == 8
+    verdict = verify_log(path, [key.verify_key])
+    assert verdict.status is Status.COMPLETE and verdict.records == 2 + 40 * 8
 
 
 def test_check_does_not_change_state() -> None:

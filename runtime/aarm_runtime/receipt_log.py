@@ -212,7 +212,7 @@ class ReceiptLog:
         self._seq = 0
         self._prev = ZERO_DIGEST
         self._acc = merkle.MerkleAccumulator()
-        self._state = StateMachine()
+        self._state = StateMachine(remember=REMEMBER_FINISHED)
         self._size = 0
         self._synced = 0
         self._syncing = False
@@ -725,6 +725,10 @@ class ReceiptLog:
 
 
 _TOKEN = object()
+
+# How many finished decisions (and ended sessions) the writer's state machine keeps to catch a reused id:
+# its memory is then bounded by what is open plus these, however long the writer runs (`StateMachine`).
+REMEMBER_FINISHED = 65_536
 
 
 def _check_options(fsync: FsyncMode | str, checkpoint_every: int, checkpoint_interval_s: float | None,

@@ -124,7 +124,7 @@ from typing import Any
 import cbor2
 
 from aarm_runtime import cose, dcbor, keys, merkle, values
-from aarm_runtime.decision import ALLOW, DECISIONS, DEFER, MODIFY, STEP_UP, Decision
+from aarm_runtime.decision import ALLOW, DECISIONS, DEFER, DENY, MODIFY, STEP_UP, Decision
 
 __all__ = [
     "APPROVAL_VERDICTS",
@@ -1699,6 +1699,39 @@ def facts(record: Record) -> tuple:
             None if record.resolution is None else record.resolution.verdict)
 
 
+class _Recent:
+    """The last *size* keys added (with a value each), the oldest dropped first: a dict and a ring of keys,
+    O(1) per operation (deleting a dict's oldest key would make finding the next oldest ever slower)."""
+
+    __slots__ = ("_at", "_map", "_ring", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._map: dict[str, Any] = {}
+        self._ring: list[str] = []
+        self._at = 0
+
+    def add(self, key: str, value: Any) -> None:
+        if self._size == 0:
+            return
+        if len(self._ring) < self._size:
+            self._ring.append(key)
+        else:
+            self._map.pop(self._ring[self._at], None)
+            self._ring[self._at] = key
+            self._at = (self._at + 1) % self._size
+        self._map[key] = value
+
+    def get(self, key: Any) -> Any:
+        return self._map.get(key)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._map
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+
 class StateMachine:
     """The documented order of record kinds (module docstring), applied record by record.
 
@@ -1707,16 +1740,48 @@ class StateMachine:
     on what it reads, so a writer bug cannot produce a log that fails to verify.
     Both take a `Record` or its `facts` tuple (what crosses process boundaries
     in the parallel verifier).
+
+    Memory. A decision is *finished* once no record may follow it (a deny; an
+    allow or modify with its outcome; a step-up rejected, timed out or
+    cancelled, or approved and run; a resolved defer), a session once it has
+    ended. With ``remember=None`` (the verifier) every finished decision and
+    ended session is remembered for the life of the machine, so a reused id
+    anywhere in a log is caught. With ``remember=N`` (the log writer, whose
+    process may run for months) only the *N* most recently finished decisions
+    and the *N* most recently ended sessions are, and memory stays bounded by
+    what is open plus *N* of each: a record that refers to an older finished
+    decision is still refused (as one no earlier record made), but a
+    decision or session-start that *reuses* an id forgotten that way is not
+    caught by the writer — the verifier, which forgets nothing, reports it.
+    The guard never reuses an id (a random prefix per process and a counter).
     """
 
-    __slots__ = ("closed", "decisions", "records", "sessions")
+    __slots__ = ("closed", "decisions", "ended", "finished", "records", "remember", "sessions")
 
-    def __init__(self) -> None:
+    def __init__(self, remember: int | None = None) -> None:
+        if remember is not None and (type(remember) is not int or remember < 0):
+            raise ValueError(f"remember must be a non-negative int or None, got `{remember!r}`")
         self.records = 0
         self.closed = False
-        self.sessions: dict[str, bool] = {}  # session -> ended
-        # decision id -> [session, effect, action id, approval verdict, resolved, outcome seen]
+        self.remember = remember
+        self.sessions: dict[str, bool] = {}  # session -> ended (with `remember`, open sessions only)
+        # decision id -> [session, effect, action id, approval verdict, resolved, outcome seen]: with
+        # `remember`, the decisions that may still be followed by a record; else all of them.
         self.decisions: dict[str, list[Any]] = {}
+        # With `remember`: the most recently finished decisions and ended sessions.
+        self.finished = _Recent(remember or 0)
+        self.ended = _Recent(remember or 0)
+
+    def _decision(self, ref: str | None) -> list[Any] | None:
+        d = self.decisions.get(ref)  # type: ignore[arg-type]
+        if d is None and self.remember:
+            d = self.finished.get(ref)
+        return d
+
+    def _finish(self, decision_id: str) -> None:
+        if self.remember is None:
+            return
+        self.finished.add(decision_id, self.decisions.pop(decision_id))
 
     def check(self, record: Record | tuple) -> None:
         kind, session, decision_id, ref, action_id, _, _ = record if type(record) is tuple else facts(record)
@@ -1727,13 +1792,15 @@ class StateMachine:
         if kind == _DECISION:
             ended = self.sessions.get(session)
             if ended is None:
+                if session in self.ended:
+                    raise StateError(f"decision `{decision_id}` after session `{session}` ended")
                 raise StateError(f"decision `{decision_id}` in session `{session}` before its session-start")
             if ended:
                 raise StateError(f"decision `{decision_id}` after session `{session}` ended")
-            if decision_id in self.decisions:
+            if decision_id in self.decisions or decision_id in self.finished:
                 raise StateError(f"decision id `{decision_id}` has a second decision record")
         elif kind == _OUTCOME or kind == _APPROVAL or kind == _DEFERRAL_RESOLUTION:
-            d = self.decisions.get(ref)
+            d = self._decision(ref)
             if d is None:
                 raise StateError(f"{Kind(kind).label} refers to decision `{ref}`, which no earlier record made")
             if d[0] != session:
@@ -1759,11 +1826,13 @@ class StateMachine:
                     why = "was not approved" if d[1] == STEP_UP else f"is a {d[1]}"
                     raise StateError(f"outcome for decision `{ref}`, which {why} and cannot execute")
         elif kind == _SESSION_START:
-            if session in self.sessions:
+            if session in self.sessions or session in self.ended:
                 raise StateError(f"session `{session}` is started twice")
         elif kind == _SESSION_END:
             ended = self.sessions.get(session)
             if ended is None:
+                if session in self.ended:
+                    raise StateError(f"session `{session}` ends twice")
                 raise StateError(f"session-end for session `{session}` that never started")
             if ended:
                 raise StateError(f"session `{session}` ends twice")
@@ -1779,15 +1848,25 @@ class StateMachine:
         self.records += 1
         if kind == _DECISION:
             self.decisions[decision_id] = [session, effect, action_id, None, False, False]
+            if effect == DENY:
+                self._finish(decision_id)
         elif kind == _OUTCOME:
             self.decisions[ref][5] = True
+            self._finish(ref)
         elif kind == _SESSION_START:
             self.sessions[session] = False
         elif kind == _SESSION_END:
-            self.sessions[session] = True
+            if self.remember is None:
+                self.sessions[session] = True
+            else:
+                del self.sessions[session]
+                self.ended.add(session, True)
         elif kind == _APPROVAL:
             self.decisions[ref][3] = verdict
+            if verdict != "approved":
+                self._finish(ref)
         elif kind == _DEFERRAL_RESOLUTION:
             self.decisions[ref][4] = True
+            self._finish(ref)
         elif kind == _LOG_CLOSE:
             self.closed = True
