@@ -580,3 +580,51 @@ def test_sqlite_sessions_survive_a_restart(tmp_path):
     with SqliteSessionStore(tmp_path / "s.db") as store:
         assert store.header("s1") == b"h"
         assert snapshot(store) == (1, [b"a"], b"st")
+
+
+def test_each_creation_of_a_session_has_its_own_incarnation(backend):
+    a, b = backend.new(), backend.new()
+    assert a.create("s1", b"h", ttl_s=0.2)
+    first = a.acquire("s1", since=0, known_version=-1, lease_s=5, wait_s=1)
+    a.release("s1", first.token)
+    again = b.acquire("s1", since=0, known_version=-1, lease_s=5, wait_s=1)
+    b.release("s1", again.token)
+    assert first.incarnation and again.incarnation == first.incarnation  # every client sees the same one
+    time.sleep(0.3)  # the TTL runs out: the store forgets the session, and the id can be created again
+    assert b.create("s1", b"h2")
+    later = a.acquire("s1", since=0, known_version=-1, lease_s=5, wait_s=1)
+    a.release("s1", later.token)
+    assert later.incarnation and later.incarnation != first.incarnation
+
+
+def test_a_sqlite_store_an_older_runtime_made_gets_the_incarnation_column(tmp_path):
+    import sqlite3
+
+    from aarm_runtime.session_sqlite import SqliteSessionStore
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE sessions (id TEXT PRIMARY KEY, header BLOB NOT NULL, version INTEGER NOT NULL,
+            count INTEGER NOT NULL, state BLOB, lock_token TEXT, lock_until REAL NOT NULL, ttl REAL, expires REAL);
+        CREATE TABLE events (session TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL,
+            PRIMARY KEY (session, idx)) WITHOUT ROWID;
+        INSERT INTO sessions VALUES ('old', x'00', 0, 0, NULL, NULL, 0, NULL, NULL);
+    """)
+    db.commit()
+    db.close()
+    store = SqliteSessionStore(path)
+    try:
+        view = store.acquire("old", since=0, known_version=-1, lease_s=5, wait_s=1)
+        assert view.incarnation == ""  # unknown: a replica skips the check for it
+        store.release("old", view.token)
+        assert store.create("new", b"h")
+        view = store.acquire("new", since=0, known_version=-1, lease_s=5, wait_s=1)
+        assert view.incarnation
+        store.release("new", view.token)
+    finally:
+        store.close()
+    SqliteSessionStore(path).close()  # opening it again changes nothing

@@ -592,3 +592,54 @@ def test_an_aligner_that_raises_or_answers_out_of_range_denies(tmp_path):
         ran = []
         got = g.call(s, "email.send", {"to": "bob@corp.example", "subject": "m", "body": "x"}, ran.append)
         assert not got.ok and ran == [] and got.decision.reason == "internal-error", got.decision
+
+
+def _forget_in_store(store, session_id: str) -> None:
+    """What the store does when a session's TTL runs out: every key of it gone."""
+    if isinstance(store, MemorySessionStore):
+        store._sessions.pop(session_id)
+    elif type(store).__name__ == "SqliteSessionStore":
+        store._db.execute("DELETE FROM events WHERE session=?", (session_id,))
+        store._db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
+    else:
+        store._client.delete(*store._keys(session_id))
+
+
+def test_a_session_opened_again_under_the_same_id_is_never_mixed_with_a_stale_copy(tmp_path, stores):
+    clock = Clock()
+    a, b = _guard(tmp_path / "a", clock, stores(), "a"), _guard(tmp_path / "b", clock, stores(), "b")
+    old_a = a.open_session(token(), intent=INTENT, session_id="s1")
+    send = ("email.send", {"to": "bob@corp.example", "subject": "m", "body": "x"}, {"drift": 0})
+    assert a.submit(old_a, *send).status == ALLOW
+    old_b = b.session("s1")
+    assert b.submit(old_b, *send).status == ALLOW
+    # The session expires from the store; a restarted replica opens one under the same id, with another
+    # user's token, and does more in it than the first one held (so the stale copy's event count fits).
+    _forget_in_store(stores(), "s1")
+    c = _guard(tmp_path / "c", clock, stores(), "c")
+    new_c = c.open_session(token("bob"), intent={"text": "read my inbox"}, session_id="s1")
+    for _ in range(4):
+        clock.advance(61)
+        assert c.submit(new_c, "email.read_inbox", {}, None).status == ALLOW
+    with new_c.lock:
+        head, entries = new_c.log.head, new_c.log.entries
+
+    for _ in range(2):  # the copy of the old session stays refused, and writes nothing into the new one
+        sub = b.submit(old_b, *send)
+        assert sub.status == DENY and sub.decision.reason == "session-store-unavailable", sub.decision
+        assert "opened again under the same id" in sub.decision.message
+        assert sub.receipt is not None  # in b's own log, as every refusal
+    with new_c.lock:
+        assert new_c.log.head == head and new_c.log.entries == entries
+    # A receipt log holds one session per id: this replica keeps refusing the id (with the reason) until it
+    # serves it from a new log; its log stays valid.
+    assert b.session("s1") is old_b
+    assert b.submit(b.session("s1"), "email.read_inbox", {}, None).status == DENY
+    records(b.receipts.path)
+    # The new session goes on, on the replica that opened it and on one that joins it with its own log.
+    d = _guard(tmp_path / "d", clock, stores(), "d")
+    joined = d.session("s1")
+    assert joined.identity_json["principal"] == "bob"
+    assert d.submit(joined, "email.read_inbox", {}, None).status == ALLOW
+    with joined.lock:
+        assert joined.log.entries[:len(entries)] == entries

@@ -295,7 +295,7 @@ class Session:
         "expires_at", "closed", "broken", "actions", "context", "base_invalid", "base_failure", "log", "lock",
         "decisions", "pending", "finished", "alignments", "alignment_of", "_declarations", "_store", "_applied",
         "_version", "_state_blob", "_journal", "_token", "_lease_s", "_wait_s", "_stale", "_opened", "logged",
-        "_dirty", "_committed_ids",
+        "_dirty", "_committed_ids", "_incarnation", "_replaced",
         "__weakref__",
     )
 
@@ -318,6 +318,10 @@ class Session:
         self._opened = (intent, env)
         # Shared sessions: the decision ids this replica's receipt log has a decision record of.
         self.logged: set[str] = set()
+        # Shared sessions: which incarnation of the id in the store this copy is of (the first acquire tells),
+        # and why it may not be used any more once the store holds another one.
+        self._incarnation: str | None = None
+        self._replaced: str | None = None
         self._reset(intent, env)
         self.lock: Any = threading.RLock() if store is None else StoreLock(self)
 
@@ -418,8 +422,10 @@ class Session:
 
     def _begin(self) -> None:
         """Take the store's lease on the session and apply what other replicas committed."""
-        from aarm_runtime.session_store import StoreError
+        from aarm_runtime.session_store import SessionReplaced, StoreError
 
+        if self._replaced is not None:
+            raise SessionReplaced(self._replaced)
         if self._stale:
             for state in self.decisions.values():
                 # Whoever still holds one of these must not act on it: it is rebuilt from the store.
@@ -434,6 +440,20 @@ class Session:
         except Exception as err:  # noqa: BLE001 - any failure of the store is a store error
             raise StoreError(f"session store failed: {type(err).__name__}: {err}") from err
         self._token = view.token
+        incarnation = view.incarnation
+        if incarnation and self._incarnation != incarnation:
+            if self._incarnation is not None:
+                # The session this copy is of expired from the store, and one with the same id was opened
+                # since. Applying its events to this copy would mix two sessions, and committing this copy's
+                # would write into the new one: this copy is done with (the guard joins the new one afresh).
+                self._replaced = (f"session `{self.id}` in the store is another one than this replica served: it "
+                                  "expired from the store and was opened again under the same id")
+                self._release_quietly()
+                for state in self.decisions.values():
+                    state.used = True
+                    state.revoked = state.revoked or self._replaced
+                raise SessionReplaced(self._replaced)
+            self._incarnation = incarnation
         try:
             if view.count < self._applied:
                 raise StoreError(f"session `{self.id}` has {view.count} events in the store, fewer than the "

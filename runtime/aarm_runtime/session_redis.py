@@ -57,7 +57,7 @@ return 1
 """
 
 # KEYS: m, ev, lk. ARGV: token, lease_ms, since, known_version.
-# Returns {-1} no session, {0, pttl} locked, {1, version, count, events, state|nil}.
+# Returns {-1} no session, {0, pttl} locked, {1, version, count, events, state|nil, incarnation}.
 _ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -72,7 +72,7 @@ local events = {}
 if since < count then events = redis.call('LRANGE', KEYS[2], since, -1) end
 local state = false
 if version ~= tonumber(ARGV[4]) then state = redis.call('HGET', KEYS[1], 'st') end
-return {1, version, count, events, state}
+return {1, version, count, events, state, redis.call('HGET', KEYS[1], 'cn') or ''}
 """
 
 # KEYS: m, ev, lk. ARGV: token, base_count, release (0/1), has_state (0/1), state, nonce, events...
@@ -223,9 +223,11 @@ class RedisSessionStore:
             if got[0] == -1:
                 raise StoreError(f"session `{session_id}` is not in the store")
             if got[0] == 1:
-                _, version, count, events, state = got
+                _, version, count, events, state, incarnation = got
+                if isinstance(incarnation, bytes):
+                    incarnation = incarnation.decode("ascii", "replace")
                 return StoreView(token=token, version=int(version), count=int(count), events=tuple(events),
-                                 state=state)
+                                 state=state, incarnation=incarnation)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StoreLockTimeout(f"session `{session_id}` stayed locked by another replica for {wait_s:g} s")

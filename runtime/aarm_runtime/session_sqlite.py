@@ -93,8 +93,17 @@ class SqliteSessionStore:
     # ---- the database ----------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        return open_database(self.path, schema=_SCHEMA, version=SCHEMA_VERSION, timeout_s=self._busy_timeout_s,
-                             noun="session store", error=StoreError)
+        db = open_database(self.path, schema=_SCHEMA, version=SCHEMA_VERSION, timeout_s=self._busy_timeout_s,
+                           noun="session store", error=StoreError)
+        try:
+            with Tx(db):
+                # Added to schema 1 in place (a file an older runtime made reads NULL: not checked).
+                if "incarnation" not in {row[1] for row in db.execute("PRAGMA table_info(sessions)")}:
+                    db.execute("ALTER TABLE sessions ADD COLUMN incarnation TEXT")
+        except sqlite3.Error as err:
+            db.close()
+            raise StoreError(f"`{self.path}` is not a usable session store: {err}") from None
+        return db
 
     def _synchronous(self, mode: str) -> None:
         if self._sync != mode:
@@ -110,16 +119,17 @@ class SqliteSessionStore:
 
     @staticmethod
     def _expire(db: sqlite3.Connection, session_id: str, now: float) -> tuple | None:
-        """The session's row (version, count, state, lock_token, lock_until), forgetting it if past its TTL."""
-        row = db.execute("SELECT version, count, state, lock_token, lock_until, expires FROM sessions WHERE id=?",
-                         (session_id,)).fetchone()
+        """The session's row (version, count, state, lock_token, lock_until, incarnation), forgetting it if
+        past its TTL."""
+        row = db.execute("SELECT version, count, state, lock_token, lock_until, incarnation, expires FROM sessions"
+                         " WHERE id=?", (session_id,)).fetchone()
         if row is None:
             return None
-        if row[5] is not None and now >= row[5]:
+        if row[6] is not None and now >= row[6]:
             db.execute("DELETE FROM events WHERE session=?", (session_id,))
             db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
             return None
-        return row[:5]
+        return row[:6]
 
     # ---- the protocol -----------------------------------------------------------------
 
@@ -142,8 +152,9 @@ class SqliteSessionStore:
                     if self._expire(db, session_id, now) is not None:
                         return False
                     db.execute("INSERT INTO sessions (id, header, version, count, state, lock_token, lock_until,"
-                               " ttl, expires) VALUES (?, ?, 0, 0, NULL, NULL, 0, ?, ?)",
-                               (session_id, header, ttl_s, None if ttl_s is None else now + ttl_s))
+                               " ttl, expires, incarnation) VALUES (?, ?, 0, 0, NULL, NULL, 0, ?, ?, ?)",
+                               (session_id, header, ttl_s, None if ttl_s is None else now + ttl_s,
+                                secrets.token_hex(8)))
                     return True
             except sqlite3.Error as err:
                 raise self._fail(err) from None
@@ -176,7 +187,7 @@ class SqliteSessionStore:
                         row = self._expire(db, session_id, now)
                         if row is None:
                             raise StoreError(f"session `{session_id}` is not in the store")
-                        version, count, state, lock_token, lock_until = row
+                        version, count, state, lock_token, lock_until, incarnation = row
                         if lock_token is None or now >= lock_until:
                             db.execute("UPDATE sessions SET lock_token=?, lock_until=? WHERE id=?",
                                        (token, now + lease_s, session_id))
@@ -187,7 +198,7 @@ class SqliteSessionStore:
                                 (session_id, since)))
                             return StoreView(token=token, version=version, count=count, events=events,
                                              state=None if known_version == version or state is None
-                                             else bytes(state))
+                                             else bytes(state), incarnation=incarnation or "")
                         held_for = lock_until - now
                 except sqlite3.Error as err:
                     raise self._fail(err) from None
@@ -213,7 +224,7 @@ class SqliteSessionStore:
                     row = self._expire(db, session_id, now)
                     if row is None:
                         raise LeaseLost(f"session `{session_id}` is no longer in the store")
-                    version, count, _, lock_token, lock_until = row
+                    version, count, _, lock_token, lock_until, _ = row
                     if lock_token != token or now >= lock_until:
                         raise LeaseLost(f"the lease on session `{session_id}` expired before the commit")
                     if count != base_count:

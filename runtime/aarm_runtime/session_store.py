@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 __all__ = [
-    "LeaseLost", "MemorySessionStore", "SessionStore", "StoreError", "StoreLockTimeout", "StoreView",
+    "LeaseLost", "MemorySessionStore", "SessionReplaced", "SessionStore", "StoreError", "StoreLockTimeout",
+    "StoreView",
 ]
 
 
@@ -52,6 +53,11 @@ class LeaseLost(StoreError):
     """The lease on the session expired or the session changed under it: the commit was refused."""
 
 
+class SessionReplaced(StoreError):
+    """The store's session of this id is another one than the replica's copy: it expired from the store and
+    was opened again under the same id. The copy must not be used (nor written back) again."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreView:
     """What `acquire` returns: the lock token and what changed since the caller's *since* / *known_version*.
@@ -60,6 +66,10 @@ class StoreView:
     of events in the store; `events` are those from index *since* on;
     `state` is the state blob, or None when *known_version* is the current
     version (the caller's copy is current) or nothing was committed yet.
+    `incarnation` is drawn at random by `create`: a session that expired and
+    was created again under the same id has another one, so a replica can
+    tell that its copy is of the old session ("" from a store that cannot
+    say: the check is then skipped).
     """
 
     token: str
@@ -67,6 +77,7 @@ class StoreView:
     count: int
     events: tuple[bytes, ...]
     state: bytes | None
+    incarnation: str = ""
 
 
 @runtime_checkable
@@ -111,10 +122,12 @@ class SessionStore(Protocol):
 
 
 class _MemorySession:
-    __slots__ = ("count_ttl", "events", "expires", "header", "lock_token", "lock_until", "state", "version")
+    __slots__ = ("count_ttl", "events", "expires", "header", "incarnation", "lock_token", "lock_until", "state",
+                 "version")
 
     def __init__(self, header: bytes, ttl_s: float | None) -> None:
         self.header = header
+        self.incarnation = secrets.token_hex(8)
         self.events: list[bytes] = []
         self.state: bytes | None = None
         self.version = 0
@@ -189,7 +202,7 @@ class MemorySessionStore:
                 since = 0
             state = None if known_version == got.version else got.state
             return StoreView(token=token, version=got.version, count=len(got.events),
-                             events=tuple(got.events[since:]), state=state)
+                             events=tuple(got.events[since:]), state=state, incarnation=got.incarnation)
 
     def commit(self, session_id: str, token: str, *, base_count: int, events: Sequence[bytes],
                state: bytes | None, release: bool = True) -> int:
