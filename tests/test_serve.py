@@ -819,6 +819,22 @@ def test_two_servers_sharing_a_session_store_serve_one_session(key_files: Keys, 
             again = post_json(cb, f"/v1/sessions/{sid}/redeem", {"decision_id": did, "tool": "pay.transfer",
                                                                  "params": params}).json()
             assert again["status"] == "deny" and again["decision"]["reason"] == "approval-used", again
+            # Context for a deferral made on a, given to b (naming the session), used by the retry on a.
+            deferred = post_json(ca, f"/v1/sessions/{sid}/decide", {"tool": "creds.rotate",
+                                                                    "params": {"name": "db"}}).json()
+            assert deferred["status"] == "pending" and deferred["decision"]["decision"] == "defer", deferred
+            did = deferred["decision_id"]
+            unknown = post_json(cb, f"/v1/deferrals/{did}/provide", {"by": "ops", "env": {"maintenance_window": True}})
+            assert unknown.status_code == 404  # b's own deferral service never heard of it
+            given = post_json(cb, f"/v1/deferrals/{did}/provide", {"by": "ops", "session": sid,
+                                                                   "env": {"maintenance_window": True}})
+            assert given.status_code == 200 and given.json()["provided"] is True, given.text
+            got = post_json(ca, f"/v1/sessions/{sid}/redeem", {"decision_id": did, "tool": "creds.rotate",
+                                                               "params": {"name": "db"}}).json()
+            assert got["status"] == "allow" and got["decision_id"] != did, got
+            refused = post_json(cb, f"/v1/deferrals/{did}/provide", {"by": "ops", "session": sid,
+                                                                     "env": {"maintenance_window": True}})
+            assert refused.status_code == 409, refused.text
     finally:
         assert a.stop() == 0, "".join(a.lines)
         assert b.stop() == 0, "".join(b.lines)

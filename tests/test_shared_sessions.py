@@ -643,3 +643,62 @@ def test_a_session_opened_again_under_the_same_id_is_never_mixed_with_a_stale_co
     assert d.submit(joined, "email.read_inbox", {}, None).status == ALLOW
     with joined.lock:
         assert joined.log.entries[:len(entries)] == entries
+
+
+def test_context_provided_on_one_replica_resolves_the_deferral_redeemed_on_another(tmp_path, stores):
+    clock = Clock()
+    a, b, c = (_guard(tmp_path / n, clock, stores(), n) for n in ("a", "b", "c"))
+    sa = a.open_session(token(), intent=INTENT, session_id="s1")
+    rotate = ("creds.rotate", {"service": "db"})
+    sub = a.submit(sa, *rotate)
+    assert sub.status == PENDING and sub.decision.decision == "defer", sub.decision
+    # An operator's context reaches replica b (a load balancer's choice), the agent's retry replica c.
+    b.provide(b.session("s1"), sub.decision_id, env={"maintenance_window": True}, by="secrets-team")
+    again = c.redeem(c.session("s1"), sub.decision_id, *rotate)
+    assert again.status == ALLOW and again.decision_id != sub.decision_id, again.decision
+    [resolution] = [r for r in records(c.receipts.path) if r.record.kind == R.Kind.DEFERRAL_RESOLUTION]
+    assert (resolution.record.approver, resolution.record.resolution.verdict,
+            resolution.record.resolution.next_decision) == ("secrets-team", "resolved", again.decision_id)
+    # Used once: the context is not applied twice, and the deferral is not redeemable again.
+    assert a.redeem(sa, sub.decision_id, *rotate).status == DENY
+    with pytest.raises(Exception, match="no pending deferral"):
+        b.provide(b.session("s1"), sub.decision_id, env={"maintenance_window": True}, by="x")
+
+    # A denial given to one replica counts on every one, with its receipt in that replica's log. (Another
+    # session: the context given above opened the window for the rest of s1.)
+    s2 = a.open_session(token(), intent=INTENT, session_id="s2")
+    sub = a.submit(s2, *rotate)
+    assert sub.status == PENDING
+    b.deny_deferral(b.session("s2"), sub.decision_id, by="secrets-team", reason="not today")
+    denied = c.redeem(c.session("s2"), sub.decision_id, *rotate)
+    assert denied.status == DENY and denied.decision.reason == "deferral-denied"
+    [resolution] = [r for r in records(b.receipts.path) if r.record.kind == R.Kind.DEFERRAL_RESOLUTION]
+    assert resolution.record.resolution.verdict == "denied" and resolution.record.note == "not today"
+    for g in (a, b, c):
+        records(g.receipts.path)  # every replica's log verifies
+
+
+def test_provide_refuses_what_is_no_pending_deferral_and_changes_nothing(tmp_path):
+    g = _guard(tmp_path, Clock(), MemorySessionStore(), "a")
+    s = g.open_session(token(), intent=INTENT, session_id="s1")
+    sub = g.submit(s, "email.send", {"to": "bob@corp.example", "subject": "m", "body": "x"}, {"drift": 0})
+    from aarm_runtime.deferrals import DeferralError
+
+    for did, kw in [(sub.decision_id, {"env": {"x": 1}}), ("nope", {"env": {"x": 1}}), (None, {"env": {"x": 1}})]:
+        with pytest.raises(DeferralError, match="no pending deferral"):
+            g.provide(s, did, by="ops", **kw)
+    pending = g.submit(s, "creds.rotate", {"service": "db"})
+    with pytest.raises(DeferralError, match="needs env, intent or risk"):
+        g.provide(s, pending.decision_id, by="ops")
+    with pytest.raises(DeferralError, match="must name who"):
+        g.provide(s, pending.decision_id, env={"maintenance_window": True}, by=" ")
+    with pytest.raises(DeferralError, match="JSON values"):
+        g.provide(s, pending.decision_id, env={"maintenance_window": object()}, by="ops")
+    with s.lock:
+        assert s.decisions[pending.decision_id].provided is None
+    # Two updates merge, the later winning key by key; both names go in the receipt.
+    g.provide(s, pending.decision_id, env={"maintenance_window": False}, by="cmdb")
+    g.provide(s, pending.decision_id, env={"maintenance_window": True}, by="ops")
+    assert g.redeem(s, pending.decision_id, "creds.rotate", {"service": "db"}).status == ALLOW
+    [resolution] = [r for r in records(g.receipts.path) if r.record.kind == R.Kind.DEFERRAL_RESOLUTION]
+    assert resolution.record.approver == "cmdb, ops"

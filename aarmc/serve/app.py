@@ -487,6 +487,21 @@ async def _provide(request: Request, state: _State) -> Response:
     decision_id = _path_id(request, "decision_id")
     body = await _body(request, state, "Provide")
     deferrals = state.guard.deferrals
+    if "session" in body:
+        session = await _session(state, body["session"])
+
+        def provide_in_session() -> None:
+            try:
+                state.guard.provide(session, decision_id, env=body.get("env"), intent=body.get("intent"),
+                                    risk=body.get("risk"), by=body["by"])
+            except DeferralError as err:
+                raise _HttpError(409, "deferral-refused", str(err)) from None
+            except StoreError as err:
+                raise _HttpError(503, "session-store-unavailable", str(err)) from None
+
+        await run_in_threadpool(provide_in_session)
+        return JsonResponse({"decision_id": decision_id, "provided": True,
+                             "retry": f"redeem decision {decision_id} for the new decision"})
 
     def provide() -> None:
         if deferrals.get(decision_id) is None:
@@ -507,6 +522,19 @@ async def _deny_deferral(request: Request, state: _State) -> Response:
     decision_id = _path_id(request, "decision_id")
     body = await _body(request, state, "DenyDeferral")
     deferrals = state.guard.deferrals
+    if "session" in body:
+        session = await _session(state, body["session"])
+
+        def deny_in_session() -> None:
+            try:
+                state.guard.deny_deferral(session, decision_id, by=body["by"], reason=body.get("reason"))
+            except DeferralError as err:
+                raise _HttpError(409, "deferral-refused", str(err)) from None
+            except StoreError as err:
+                raise _HttpError(503, "session-store-unavailable", str(err)) from None
+
+        await run_in_threadpool(deny_in_session)
+        return JsonResponse({"decision_id": decision_id, "denied": True})
 
     def deny() -> None:
         if deferrals.get(decision_id) is None:

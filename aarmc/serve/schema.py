@@ -88,15 +88,19 @@ REQUESTS: dict[str, dict[str, Any]] = {
         "type": "object",
         "description": "Context for a deferred decision (DEFER): env and intent values for the session, risk "
                        "values for the action. The action is decided again, under a new decision id, at its "
-                       "next redemption.",
+                       "next redemption. With `session` (the deferral's session, as listed by "
+                       "/v1/approvals), the context is kept in the session: with a shared session store, any "
+                       "replica may take it and whichever replica the retry reaches decides with it.",
         "properties": {"by": _ID, "env": {"type": "object"}, "intent": {"type": "object"},
-                       "risk": {"type": "object"}},
+                       "risk": {"type": "object"}, "session": _ID},
         "required": ["by"],
         "additionalProperties": False,
     },
     "DenyDeferral": {
         "type": "object",
-        "properties": {"by": _ID, "reason": {"type": "string", "maxLength": MAX_TEXT}},
+        "description": "Deny a deferred decision now. With `session`, any replica sharing the session may "
+                       "take the denial (its receipt goes in that replica's log).",
+        "properties": {"by": _ID, "reason": {"type": "string", "maxLength": MAX_TEXT}, "session": _ID},
         "required": ["by"],
         "additionalProperties": False,
     },

@@ -320,6 +320,11 @@ _ID_PREFIX = os.urandom(5).hex()
 _ID_COUNTER = itertools.count(1)
 
 
+def _provided(raw: Any) -> ContextUpdate | None:
+    """The context `Guard.provide` kept in a decision state ([env, intent, risk, by]), or None."""
+    return None if raw is None else ContextUpdate(env=raw[0], intent=raw[1], risk=raw[2], by=raw[3])
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}{_ID_PREFIX}{next(_ID_COUNTER):x}"
 
@@ -1608,6 +1613,58 @@ class Guard:
                                params=state.params, env=None if session.env is None else dict(session.env),
                                intent=None if session.intent is None else dict(session.intent), risk=state.risk)
 
+    def provide(self, session: Session, decision_id: str, *, env: Mapping[str, Any] | None = None,
+                intent: Mapping[str, Any] | None = None, risk: Mapping[str, Any] | None = None, by: str) -> None:
+        """Context for a pending DEFER of *session*: the action is decided again with it (new decision id)
+        when it is redeemed, or at once by `call` waiting for it.
+
+        Unlike `Deferrals.provide`, which reaches the guard in this process, the context is kept in the
+        session: in a shared session (a session store) the replica that redeems the action finds it,
+        whichever replica was given it. Raises `DeferralError` when *decision_id* is no pending DEFER of
+        the session or the update is empty or not JSON, `StoreError` when the store cannot take it.
+        """
+        self._own(session)
+        if not isinstance(by, str) or not by.strip():
+            raise DeferralError("`by` must name who provides the context")
+        update = ContextUpdate(env=env, intent=intent, risk=risk, by=by)
+        if update.empty:
+            raise DeferralError("a context update needs env, intent or risk values")
+        self._sweep(session)
+        with session.lock:
+            state = self._pending_deferral(session, decision_id)
+            earlier = _provided(state.provided)
+            merged = update if earlier is None else earlier.merged(update)
+            kept = [_jsonish(merged.env)[0], _jsonish(merged.intent)[0], _jsonish(merged.risk)[0], merged.by]
+            try:
+                cbor2.dumps(kept)
+            except Exception as err:  # noqa: BLE001 - refused before anything changes
+                raise DeferralError(f"a context update must be JSON values: {err}") from None
+            state.provided = kept
+        try:
+            self.deferrals.notify()  # a `call` waiting on this deferral looks again
+        except Exception:  # noqa: BLE001, S110 - the context is kept; the next redemption finds it
+            pass
+
+    def deny_deferral(self, session: Session, decision_id: str, *, by: str, reason: str | None = None) -> None:
+        """Deny a pending DEFER of *session* now: a deferral-resolution receipt (``denied``) in this
+        replica's log, then the action can only be DENY. Works from any replica of a shared session
+        (`Deferrals.deny` reaches the guard in this process). Raises `DeferralError` when it is no pending
+        DEFER of the session."""
+        self._own(session)
+        if not isinstance(by, str) or not by.strip():
+            raise DeferralError("`by` must name who denies the action")
+        self._sweep(session)
+        with session.lock:
+            self._settle_deferral(session, self._pending_deferral(session, decision_id), "denied", by, reason)
+
+    @staticmethod
+    def _pending_deferral(session: Session, decision_id: Any) -> _DecisionState:
+        """The session's pending DEFER *decision_id* (session lock held), or `DeferralError`."""
+        state = session.pending.get(decision_id) if isinstance(decision_id, str) else None
+        if state is None or state.decision.decision != DEFER or state.resolution is not None or state.used:
+            raise DeferralError(f"no pending deferral for decision `{decision_id}` in session `{session.id}`")
+        return state
+
     def _on_deferral_denied(self, request: DeferralRequest, by: str, reason: str | None) -> None:
         with self._lock:
             session = self._sessions.get(request.session_id)
@@ -1664,6 +1721,11 @@ class Guard:
             update, denial = self.deferrals.take(state.decision_id)
         except Exception as err:  # noqa: BLE001 - the deferral service is down
             return self._service_down(session, state, err)
+        kept = _provided(state.provided)
+        if kept is not None:
+            # Given through `provide` (perhaps to another replica): with what the service has, later winning.
+            update = kept if update is None else kept.merged(update)
+            state.provided = None
         if denial is not None:
             self._settle_deferral(session, state, "denied", denial[0], denial[1])
             return self._redeem_deferral(session, state, prepared)

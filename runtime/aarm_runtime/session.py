@@ -232,6 +232,9 @@ class _DecisionState:
     depends_on: tuple[str, ...] = ()
     last_resolvers: float | None = None
     rounds: int = 0
+    # A DEFER's context given through `Guard.provide` and not used yet: [env, intent, risk, by]. Part of the
+    # decision state, so that in a shared session whichever replica redeems the action decides it with it.
+    provided: Any = None
     request: Any = None
 
 
