@@ -118,13 +118,19 @@ class GuardMachine(RuleBasedStateMachine):
         except ApprovalError:
             pass  # already answered, timed out, or the session closed
 
-    @rule(item=pending, window=st.booleans(), deny=st.booleans())
-    def resolve(self, item, window, deny):
+    @rule(item=pending, window=st.booleans(), deny=st.booleans(), in_session=st.booleans())
+    def resolve(self, item, window, deny, in_session):
         if item[4] != "defer":
             return
+        # Through the deferral service, or kept with the session (`Guard.provide`, as replicas use it).
+        session = self.sessions[item[0]]
         try:
-            if deny:
+            if deny and in_session:
+                self.guard.deny_deferral(session, item[1], by="ops")
+            elif deny:
                 self.guard.deferrals.deny(item[1], by="ops")
+            elif in_session:
+                self.guard.provide(session, item[1], env={"maintenance_window": window}, risk=CALM, by="ops")
             else:
                 self.guard.deferrals.provide(item[1], env={"maintenance_window": window}, risk=CALM, by="ops")
         except DeferralError:
