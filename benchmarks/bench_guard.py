@@ -304,7 +304,8 @@ def markdown(out: dict) -> str:
             "Memory of a long-running guard (sessions of 20 ALLOWed sends, each with its outcome, then closed; "
             "resident set of the whole process, measured before any other row; fsync `group`; the writer "
             "remembers the last "
-            f"{m['remember']:,} finished decisions to catch a reused id, docs/receipts.md §3):",
+            f"{m['remember']:,} finished decisions and as many ended sessions to catch a reused id, "
+            "docs/receipts.md §3):",
             "",
             "| decisions made | resident MB | Python objects allocated (blocks) | finished decisions the writer keeps |",
             "|---:|---:|---:|---:|",
