@@ -40,8 +40,6 @@ from collections.abc import Callable
 from typing import Any
 
 from aarm_runtime.approvals import (
-    CANCELLED,
-    TIMEOUT,
     ApprovalAnswer,
     ApprovalError,
     ApprovalRequest,
@@ -357,28 +355,6 @@ class RedisApprovals(_ProposalApprovals):
         if not self._run("request", request.decision_id, self._owner, _request_json(request), request.args_hash,
                          repr(float(request.requested_at)), repr(float(request.deadline))):
             raise ApprovalError(f"decision `{request.decision_id}` is already queued for approval")
-
-    def expire(self, decision_id: str, *, verdict: str = TIMEOUT, reason: str | None = None) -> ApprovalAnswer:
-        """End a pending request without a human (timeout or cancelled); a human's final answer stands."""
-        if verdict not in (TIMEOUT, CANCELLED):
-            raise ValueError(f"expire answers `timeout` or `cancelled`, not `{verdict}`")
-        request, row = self._claim(decision_id, (PENDING, PROPOSED))
-        if request is None:
-            if row["state"] == ANSWERED:
-                return _answer_from(row["answer"])
-            # Another thread is recording a human's answer right now. Waiting for
-            # it could deadlock (its listener may need a lock the caller holds):
-            # refuse, and the guard denies.
-            raise ApprovalError(f"decision `{decision_id}` is being answered right now")
-        answer = ApprovalAnswer(decision_id=decision_id, verdict=verdict, approver=self.system_name,
-                                args_hash=request.args_hash, at=self._now(), reason=reason)
-        # As in-process: a timeout stands even when its receipt cannot be
-        # written (the guard denies either way, and nobody may approve after it).
-        try:
-            self._notify(request, answer)
-        finally:
-            self._finish(decision_id, answer, error="the request timed out" if row["proposal"] else None)
-        return answer
 
     # ---- the operator's side ------------------------------------------------------------
 

@@ -138,10 +138,32 @@ class _ProposalApprovals:
     """What `SqliteApprovals` and `aarm_runtime.approvals_redis.RedisApprovals` share, word for word: the
     operator's side (approve, reject), reading and waiting for answers, and the owner recording a proposed
     answer. Subclasses provide the storage steps (`_claim`, `_release`, `_finish`, `_human`, `_row`,
-    `expire`, `_await_proposal`) and the attributes `_clock`, `_listener`, `_authorize`."""
+    `_await_proposal`) and the attributes `_clock`, `_listener`, `_authorize`, `system_name`."""
 
     def _now(self) -> float:
         return (self._clock or time.time)()
+
+    def expire(self, decision_id: str, *, verdict: str = TIMEOUT, reason: str | None = None) -> ApprovalAnswer:
+        """End a pending request without a human (timeout or cancelled); a human's final answer stands."""
+        if verdict not in (TIMEOUT, CANCELLED):
+            raise ValueError(f"expire answers `timeout` or `cancelled`, not `{verdict}`")
+        request, row = self._claim(decision_id, (PENDING, PROPOSED))
+        if request is None:
+            if row["state"] == ANSWERED:
+                return _answer_from(row["answer"])
+            # Another thread is recording a human's answer right now. Waiting for
+            # it could deadlock (its listener may need a lock the caller holds):
+            # refuse, and the guard denies.
+            raise ApprovalError(f"decision `{decision_id}` is being answered right now")
+        answer = ApprovalAnswer(decision_id=decision_id, verdict=verdict, approver=self.system_name,
+                                args_hash=request.args_hash, at=self._now(), reason=reason)
+        # As in-process: a timeout stands even when its receipt cannot be
+        # written (the guard denies either way, and nobody may approve after it).
+        try:
+            self._notify(request, answer)
+        finally:
+            self._finish(decision_id, answer, error="the request timed out" if row["proposal"] else None)
+        return answer
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -314,29 +336,6 @@ class SqliteApprovals(_ProposalApprovals):
                     self._prune()
             except sqlite3.IntegrityError:
                 raise ApprovalError(f"decision `{request.decision_id}` is already queued for approval") from None
-
-    def expire(self, decision_id: str, *, verdict: str = TIMEOUT, reason: str | None = None) -> ApprovalAnswer:
-        """End a pending request without a human (timeout or cancelled); a human's final answer stands."""
-        if verdict not in (TIMEOUT, CANCELLED):
-            raise ValueError(f"expire answers `timeout` or `cancelled`, not `{verdict}`")
-        with self._lock:
-            request, row = self._claim(decision_id, (PENDING, PROPOSED))
-        if request is None:
-            if row["state"] == ANSWERED:
-                return _answer_from(row["answer"])
-            # Another thread is recording a human's answer right now. Waiting for
-            # it could deadlock (its listener may need a lock the caller holds):
-            # refuse, and the guard denies.
-            raise ApprovalError(f"decision `{decision_id}` is being answered right now")
-        answer = ApprovalAnswer(decision_id=decision_id, verdict=verdict, approver=self.system_name,
-                                args_hash=request.args_hash, at=self._now(), reason=reason)
-        # As in-process: a timeout stands even when its receipt cannot be
-        # written (the guard denies either way, and nobody may approve after it).
-        try:
-            self._notify(request, answer)
-        finally:
-            self._finish(decision_id, answer, error="the request timed out" if row["proposal"] else None)
-        return answer
 
     # ---- the operator's side ------------------------------------------------------------
 
