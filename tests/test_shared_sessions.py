@@ -493,13 +493,10 @@ def test_a_corrupt_event_in_the_store_denies_every_decision_of_the_session(tmp_p
         h.session("s1")
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
-def test_an_approval_redeemed_on_several_replicas_at_once_runs_once(tmp_path, kind, request):
-    """Single use holds across replicas: racing redemptions of one approved step-up allow exactly one."""
-    import threading
-
+def _three_replicas(tmp_path: Path, kind: str, request, tag: str) -> list[Guard]:
+    """Three guards, each with its own log and its own client of one *kind* of store, on one clock."""
     shared = MemorySessionStore()
-    prefix = f"aarm-race-{next(_PREFIXES)}-{tmp_path.name}:"
+    prefix = f"aarm-{tag}-{next(_PREFIXES)}-{tmp_path.name}:"
 
     def store():
         if kind == "memory":
@@ -509,8 +506,16 @@ def test_an_approval_redeemed_on_several_replicas_at_once_runs_once(tmp_path, ki
         return _redis_store(request.getfixturevalue("redis_url"), prefix)
 
     clock = Clock()
-    guards = [Guard(engine(SPEC), receipts=new_log(tmp_path, name=f"r{i}.cbor"), identity_verifier=verifier(),
-                    clock=clock, session_store=store(), name=f"r{i}") for i in range(3)]
+    return [Guard(engine(SPEC), receipts=new_log(tmp_path, name=f"r{i}.cbor"), identity_verifier=verifier(),
+                  clock=clock, session_store=store(), name=f"r{i}") for i in range(3)]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_an_approval_redeemed_on_several_replicas_at_once_runs_once(tmp_path, kind, request):
+    """Single use holds across replicas: racing redemptions of one approved step-up allow exactly one."""
+    import threading
+
+    guards = _three_replicas(tmp_path, kind, request, "race")
     s0 = guards[0].open_session(token(), intent=INTENT, session_id="race")
     money = ("bank.send_money", {"recipient": "ACME", "amount": Decimal("5000"), "subject": "x"})
     first = guards[0].submit(s0, *money, {"drift": 0})
@@ -539,19 +544,7 @@ def test_a_burst_across_replicas_cannot_slip_under_a_rate_limit(tmp_path, kind, 
     replicas get exactly ten allowed: counts are shared atomically."""
     import threading
 
-    shared = MemorySessionStore()
-    prefix = f"aarm-burst-{next(_PREFIXES)}-{tmp_path.name}:"
-
-    def store():
-        if kind == "memory":
-            return shared
-        if kind == "sqlite":
-            return _sqlite_store(tmp_path)
-        return _redis_store(request.getfixturevalue("redis_url"), prefix)
-
-    clock = Clock()
-    guards = [Guard(engine(SPEC), receipts=new_log(tmp_path, name=f"r{i}.cbor"), identity_verifier=verifier(),
-                    clock=clock, session_store=store(), name=f"r{i}") for i in range(3)]
+    guards = _three_replicas(tmp_path, kind, request, "burst")
     guards[0].open_session(token(), intent=INTENT, session_id="burst")
     sessions = [g.session("burst") for g in guards]
     results: list[tuple] = []
