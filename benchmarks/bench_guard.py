@@ -47,19 +47,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
-from aarm_runtime import keys  # noqa: E402
 from aarm_runtime import receipts as R  # noqa: E402
-from aarm_runtime.engine import Engine  # noqa: E402
 from aarm_runtime.guard import Guard  # noqa: E402
-from aarm_runtime.identity import Identity, IdentityVerifier, RevocationList, issue_identity  # noqa: E402
+from aarm_runtime.identity import Identity, issue_identity  # noqa: E402
 from aarm_runtime.receipt_log import ReceiptLog  # noqa: E402
+from timing_tools import IDP, RECEIPT_KEY, guard_over  # noqa: E402
+from timing_tools import compile_spec as _compile  # noqa: E402
 from timing_tools import filesystem as _filesystem, stats as _stats, timed as _timed  # noqa: E402
 
-AUTHOR = keys.SigningKey.from_seed(bytes(range(32)))
-RECEIPT_KEY = keys.SigningKey.from_seed(bytes(range(1, 33)))
-IDP = keys.SigningKey.from_seed(bytes(range(2, 34)))
 GOAL_P50_US = 40.0
 T0 = 1_800_000_000
 ACTION = ("email.send", {"to": "bob@corp.example", "subject": "minutes", "body": "see attached"})
@@ -67,11 +63,7 @@ RISK = {"drift": 0}
 
 
 def compile_spec() -> bytes:
-    from aarmc.compile.artifact import compile_policy
-    from aarmc.semantics.load import load_policy
-
-    policy = load_policy([REPO / "specs" / "mail-assistant"]).policy
-    return compile_policy(policy, AUTHOR).data
+    return _compile("mail-assistant")
 
 
 class Clock:
@@ -86,9 +78,7 @@ def make_guard(artifact: bytes, directory: Path, fsync: str, aligner: object = N
     clock = Clock()
     log = ReceiptLog.create(Path(tempfile.mkdtemp(dir=directory)) / "receipts.cbor", RECEIPT_KEY, fsync=fsync,
                             checkpoint_interval_s=None)
-    verifier = IdentityVerifier({"idp.corp": IDP.verify_key}, RevocationList())
-    g = Guard(Engine.load(artifact, [AUTHOR.verify_key]).prepare(), receipts=log, identity_verifier=verifier,
-              clock=clock, session_ttl_s=None, max_actions_per_session=10**9, aligner=aligner)
+    g = guard_over(artifact, log, clock=clock, aligner=aligner)
     return g, clock
 
 

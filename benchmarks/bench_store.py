@@ -43,28 +43,20 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
-from aarm_runtime import keys  # noqa: E402
-from aarm_runtime.engine import Engine  # noqa: E402
 from aarm_runtime.guard import Guard  # noqa: E402
-from aarm_runtime.identity import Identity, IdentityVerifier, RevocationList, issue_identity  # noqa: E402
+from aarm_runtime.identity import Identity, issue_identity  # noqa: E402
 from aarm_runtime.receipt_log import ReceiptLog  # noqa: E402
 from aarm_runtime.session_store import MemorySessionStore  # noqa: E402
+from timing_tools import IDP, RECEIPT_KEY, guard_over  # noqa: E402
+from timing_tools import compile_spec as _compile  # noqa: E402
 from timing_tools import pct as _pct  # noqa: E402
 
-AUTHOR = keys.SigningKey.from_seed(bytes(range(32)))
-RECEIPT_KEY = keys.SigningKey.from_seed(bytes(range(1, 33)))
-IDP = keys.SigningKey.from_seed(bytes(range(2, 34)))
 ACTION = ("calendar.list_events", {"day": "2026-11-27"})
 
 
 def compile_spec() -> bytes:
-    from aarmc.compile.artifact import compile_policy
-    from aarmc.semantics.load import load_policy
-
-    policy = load_policy([REPO / "specs" / "mail-assistant"]).policy
-    return compile_policy(policy, AUTHOR, validate=False).data
+    return _compile("mail-assistant", validate=False)
 
 
 def _stats(samples: list[int]) -> dict:
@@ -90,9 +82,7 @@ def make_store(kind: str, directory: Path, redis_url: str | None, prefix: str):
 def make_guard(artifact: bytes, directory: Path, store, fsync: str) -> Guard:
     log = ReceiptLog.create(Path(tempfile.mkdtemp(dir=directory)) / "receipts.cbor", RECEIPT_KEY, fsync=fsync,
                             checkpoint_interval_s=None)
-    verifier = IdentityVerifier({"idp.corp": IDP.verify_key}, RevocationList())
-    return Guard(Engine.load(artifact, [AUTHOR.verify_key]).prepare(), receipts=log, identity_verifier=verifier,
-                 session_store=store, session_ttl_s=None, max_actions_per_session=10**9)
+    return guard_over(artifact, log, session_store=store)
 
 
 def _token(principal: str) -> bytes:

@@ -47,18 +47,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from aarm_runtime import keys
-from aarm_runtime.engine import Engine
 from aarm_runtime.events import GuardEvent
 from aarm_runtime.guard import Guard
-from aarm_runtime.identity import Identity, IdentityVerifier, RevocationList, issue_identity
+from aarm_runtime.identity import Identity, issue_identity
 from aarm_runtime.receipt_log import ReceiptLog
 from aarm_runtime.telemetry import OCSF_VERSION, OcsfJsonLines, Telemetry, sanitize
+from timing_tools import AUTHOR, IDP, RECEIPT_KEY, guard_over  # noqa: E402
 from timing_tools import pct as _pct  # noqa: E402
 
-AUTHOR = keys.SigningKey.from_seed(bytes(range(32)))
-RECEIPT_KEY = keys.SigningKey.from_seed(bytes(range(1, 33)))
-IDP = keys.SigningKey.from_seed(bytes(range(2, 34)))
 
 POLICY = """\
 policy "bench-telemetry" version "1"
@@ -96,9 +92,7 @@ def _token() -> bytes:
 
 def make_guard(artifact: bytes, directory: Path, fsync: str, observers: Sequence[Any]) -> Guard:
     log = ReceiptLog.create(directory / "receipts.cbor", RECEIPT_KEY, fsync=fsync, checkpoint_interval_s=None)
-    verifier = IdentityVerifier({"idp.corp": IDP.verify_key}, RevocationList())
-    return Guard(Engine.load(artifact, [AUTHOR.verify_key]).prepare(), receipts=log, identity_verifier=verifier,
-                 session_ttl_s=None, max_actions_per_session=10**9, observers=observers)
+    return guard_over(artifact, log, observers=observers)
 
 
 # ---- exporters the benchmark needs ----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What the benchmark modules share: percentiles, the sample summary, the timed loop, the file system name.
+"""What the benchmark modules share: percentiles, the sample summary, the timed loop, the file system name,
+and the guards they measure (fixed keys, a spec compiled, a guard over it with an identity verifier).
 
 Not a benchmark itself (`run.py` runs only `bench_*.py`); each module imports it as a sibling.
 """
@@ -11,6 +12,36 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from aarm_runtime import keys
+
+REPO = Path(__file__).resolve().parent.parent
+# Fixed seeds: the policy author, the receipt signer, the identity provider (`idp.corp`).
+AUTHOR = keys.SigningKey.from_seed(bytes(range(32)))
+RECEIPT_KEY = keys.SigningKey.from_seed(bytes(range(1, 33)))
+IDP = keys.SigningKey.from_seed(bytes(range(2, 34)))
+
+
+def compile_spec(name: str, *, validate: bool = True) -> bytes:
+    """The artifact of `specs/<name>`, signed by `AUTHOR` (*validate*: with the translation proof, Z3)."""
+    from aarmc.compile.artifact import compile_policy
+    from aarmc.semantics.load import load_policy
+
+    return compile_policy(load_policy([REPO / "specs" / name]).policy, AUTHOR, validate=validate).data
+
+
+def guard_over(artifact: bytes, log: Any, **options: Any) -> Any:
+    """A `Guard` over *artifact* (checked against `AUTHOR`) writing to *log*, trusting `IDP` for identities;
+    sessions without TTL or action cap unless *options* say otherwise."""
+    from aarm_runtime.engine import Engine
+    from aarm_runtime.guard import Guard
+    from aarm_runtime.identity import IdentityVerifier, RevocationList
+
+    options = {"session_ttl_s": None, "max_actions_per_session": 10**9, **options}
+    verifier = IdentityVerifier({"idp.corp": IDP.verify_key}, RevocationList())
+    return Guard(Engine.load(artifact, [AUTHOR.verify_key]).prepare(), receipts=log, identity_verifier=verifier,
+                 **options)
 
 
 def pct(samples: list[int], q: float) -> float:
