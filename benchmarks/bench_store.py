@@ -42,7 +42,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from aarm_runtime.guard import Guard  # noqa: E402
 from aarm_runtime.identity import Identity, issue_identity  # noqa: E402
 from aarm_runtime.receipt_log import ReceiptLog  # noqa: E402
