@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from aarm_runtime.session_store import LeaseLost, StoreError, StoreLockTimeout, StoreView, _blob, _check_id
+from aarm_runtime.session_store import LeaseLost, StoreError, StoreLockTimeout, StoreView, _check_id, _commit_args
 
 __all__ = ["RedisSessionStore", "redis_address", "redis_client"]
 
@@ -238,10 +238,7 @@ class RedisSessionStore:
 
     def commit(self, session_id: str, token: str, *, base_count: int, events: Sequence[bytes],
                state: bytes | None, release: bool = True) -> int:
-        _check_id(session_id)
-        blobs = [_blob(e, "events") for e in events]
-        if state is not None:
-            state = _blob(state, "state")
+        blobs, state = _commit_args(session_id, events, state)
         args = [token, int(base_count), 1 if release else 0, 0 if state is None else 1,
                 b"" if state is None else state, secrets.token_hex(8), *blobs]
         got = self._run(self._commit, self._keys(session_id), args)

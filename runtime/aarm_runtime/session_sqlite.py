@@ -36,7 +36,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from aarm_runtime.session_store import LeaseLost, StoreError, StoreLockTimeout, StoreView, _blob, _check_id
+from aarm_runtime.session_store import LeaseLost, StoreError, StoreLockTimeout, StoreView, _check_id, _commit_args
 from aarm_runtime.sqlite_file import Tx, open_database
 
 __all__ = ["SCHEMA_VERSION", "SqliteSessionStore"]
@@ -211,10 +211,7 @@ class SqliteSessionStore:
 
     def commit(self, session_id: str, token: str, *, base_count: int, events: Sequence[bytes],
                state: bytes | None, release: bool = True) -> int:
-        _check_id(session_id)
-        blobs = [_blob(e, "events") for e in events]
-        if state is not None:
-            state = _blob(state, "state")
+        blobs, state = _commit_args(session_id, events, state)
         with self._lock:
             self._check()
             try:

@@ -206,12 +206,7 @@ class MemorySessionStore:
 
     def commit(self, session_id: str, token: str, *, base_count: int, events: Sequence[bytes],
                state: bytes | None, release: bool = True) -> int:
-        _check_id(session_id)
-        # Converted before anything changes: an event that is not bytes must
-        # not leave the ones before it appended.
-        blobs = [_blob(e, "events") for e in events]
-        if state is not None:
-            state = _blob(state, "state")
+        blobs, state = _commit_args(session_id, events, state)
         with self._cond:
             self._check()
             got = self._get(session_id)
@@ -248,6 +243,13 @@ class MemorySessionStore:
 def _check_id(session_id: object) -> None:
     if not isinstance(session_id, str) or not session_id:
         raise ValueError("session_id must be a non-empty string")
+
+
+def _commit_args(session_id: object, events: Sequence[object], state: object) -> tuple[list[bytes], bytes | None]:
+    """A commit's arguments checked and converted before anything changes (every store's `commit` starts
+    here): an event that is not bytes must not leave the ones before it appended."""
+    _check_id(session_id)
+    return [_blob(e, "events") for e in events], None if state is None else _blob(state, "state")
 
 
 def _blob(value: object, what: str) -> bytes:
