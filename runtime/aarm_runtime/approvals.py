@@ -153,13 +153,7 @@ class Approvals:
     def attach(self, listener: Listener, *, clock: Callable[[], float] | None = None, name: str | None = None) -> None:
         """Called once by the `Guard` that uses this service: every answer is passed to *listener* first."""
         with self._lock:
-            if self._listener is not None and self._listener != listener:
-                raise ApprovalError("this approvals service already serves another guard")
-            self._listener = listener
-            if self._clock is None and clock is not None:
-                self._clock = clock
-            if name:
-                self.system_name = name
+            _bind(self, listener, clock, name)
 
     def request(self, request: ApprovalRequest) -> None:
         """Queue a STEP_UP decision for approval."""
@@ -305,3 +299,15 @@ class Approvals:
             while len(self._answered) > self._keep:
                 self._entries.pop(self._answered.popleft(), None)
             self._changed.notify_all()
+
+
+def _bind(service: Any, listener: Any, clock: Callable[[], float] | None, name: str | None) -> None:
+    """What every approvals service's `attach` does first (its lock held): one guard per service, the
+    guard's clock unless the service was given one, the guard's name for the answers it makes itself."""
+    if service._listener is not None and service._listener != listener:
+        raise ApprovalError("this approvals service already serves another guard")
+    service._listener = listener
+    if service._clock is None and clock is not None:
+        service._clock = clock
+    if name:
+        service.system_name = name

@@ -44,6 +44,7 @@ from aarm_runtime.approvals import (
     ApprovalError,
     ApprovalRequest,
     Approvals,
+    _bind,
 )
 from aarm_runtime.approvals_store import (
     ANSWERED,
@@ -332,13 +333,7 @@ class RedisApprovals(_ProposalApprovals):
                clock: Callable[[], float] | None = None, name: str | None = None) -> None:
         """Called once by the guard: this instance owns the requests it queues and records their answers."""
         with self._lock:
-            if self._listener is not None and self._listener != listener:
-                raise ApprovalError("this approvals service already serves another guard")
-            self._listener = listener
-            if self._clock is None and clock is not None:
-                self._clock = clock
-            if name:
-                self.system_name = name
+            _bind(self, listener, clock, name)
             if self._owner is None:
                 owner = uuid.uuid4().hex
                 self._run("attach", owner, FORGET_AFTER_S)

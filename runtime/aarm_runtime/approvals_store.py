@@ -75,6 +75,7 @@ from aarm_runtime.approvals import (
     ApprovalError,
     ApprovalRequest,
     Approvals,
+    _bind,
 )
 from aarm_runtime.sqlite_file import Tx, open_database
 
@@ -298,13 +299,7 @@ class SqliteApprovals(_ProposalApprovals):
                clock: Callable[[], float] | None = None, name: str | None = None) -> None:
         """Called once by the guard: this instance owns the requests it queues and records their answers."""
         with self._lock:
-            if self._listener is not None and self._listener != listener:
-                raise ApprovalError("this approvals service already serves another guard")
-            self._listener = listener
-            if self._clock is None and clock is not None:
-                self._clock = clock
-            if name:
-                self.system_name = name
+            _bind(self, listener, clock, name)
             if self._owner is None:
                 self._owner = uuid.uuid4().hex
                 now = time.time()
