@@ -9,6 +9,7 @@ verifies).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import threading
 import time
@@ -30,6 +31,7 @@ from aarm_runtime.guard import (
     GuardError,
     Pending,
     Session,
+    _Prepared,
     args_hash,
     canonical_params,
 )
@@ -680,6 +682,24 @@ def _floats_as_decimals(v):
 @given(json_values)
 def test_canonical_params_is_values_canonical_json(value):
     assert canonical_params(value) == values.canonical_json(_floats_as_decimals(value))
+
+
+_ascii = st.text(st.characters(max_codepoint=127), max_size=8)
+flat_params = st.dictionaries(  # the shape `_Prepared` encodes by its fast path
+    _ascii,
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**30, max_value=10**30), _ascii),
+    min_size=2, max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(flat_params, json_values))
+def test_prepared_params_text_is_canonical_params(value):
+    # Flat dicts of ASCII take json's C encoder directly; everything else `canonical_params`' path.
+    prepared = _Prepared(value)
+    assert prepared.error is None
+    assert prepared.text == canonical_params(value)
+    assert prepared.digest == hashlib.sha256(prepared.text.encode("utf-8")).digest()
 
 
 def test_args_hash_binds_tool_and_params():

@@ -219,6 +219,19 @@ class CallResult:
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
+def _flat_encoder() -> Callable[[dict], str]:
+    """`_ENCODE` for a `_flat` dict: json's C encoder made once (`JSONEncoder.encode` makes one per call).
+    Its options are `_ENCODE`'s; it skips the cycle check, which a dict of scalars never needs."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without json's C accelerator
+        return _ENCODE
+    encode = make(None, None, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+    return lambda value: "".join(encode(value, 0))
+
+
+_ENCODE_FLAT = _flat_encoder()
+
+
 def _flat(value: dict) -> bool:
     """A dict of ASCII keys and plain scalars (ASCII strings, ints, bools, null): the common params shape,
     which `_jsonish` would return unchanged as plain."""
@@ -303,10 +316,11 @@ class _Prepared:
         self.text: str | None = None
         try:
             if type(raw) is dict and _flat(raw):
-                self.value, plain = raw, True
+                self.value = raw
+                self.text = _ENCODE_FLAT(raw)
             else:
                 self.value, plain = _jsonish(raw)
-            self.text = _ENCODE(self.value) if plain else values.canonical_json(self.value)
+                self.text = _ENCODE(self.value) if plain else values.canonical_json(self.value)
             self.digest = hashlib.sha256(self.text.encode("utf-8")).digest()
         except (TypeError, ValueError, RecursionError) as err:
             self.value = raw
@@ -1201,7 +1215,7 @@ class Guard:
                 return _runtime(DENY, err.reason, str(err), tool), ()
         if prepared.error is not None:
             return _runtime(DENY, "invalid-params", f"invalid params: not json: {prepared.error}", tool), ()
-        if risk is not None and not isinstance(risk, Mapping):
+        if risk is not None and type(risk) is not dict and not isinstance(risk, Mapping):
             return _runtime(DENY, "invalid-params", f"invalid context: `risk`: expected an object, got "
                                                     f"`{type(risk).__name__}`", tool), ()
         ctx = session.context

@@ -781,12 +781,17 @@ _UNKNOWN_ENTITIES = Unknown(frozenset({"intent.entities"}))
 _UNKNOWN_TEXT = Unknown(frozenset({"intent.text"}))
 
 
+# Types a value of the language may have that are not collections: `token_of` need not ask `isinstance` of
+# an abstract class (a slow check) about these.
+_SCALARS = frozenset({str, int, bool, type(None), Decimal, values.Email, values.Url, values.Path})
+
+
 def _from(value: Closure, source: str, tools: frozenset[str]) -> Closure:
     def token_of(p: dict, c: Any, m: dict) -> Any:
         v = value(p, c, m)
         if type(v) is Unknown:
             return v
-        if isinstance(v, (tuple, frozenset, values.FrozenJson)):
+        if type(v) not in _SCALARS and isinstance(v, (tuple, frozenset, values.FrozenJson)):
             raise EvalFailure("`from` needs a scalar value")
         return values.provenance_token(v)
 

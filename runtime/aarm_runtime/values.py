@@ -1010,6 +1010,23 @@ def provenance_token(value: Any) -> Token | None:
     normalised; decimals canonical; ints in decimal. Booleans, lists, json
     and values shorter than 3 characters have no token (never match).
     """
+    t = type(value)
+    if t is Email or t is Url:
+        # Parsed addresses recur (an agent mails the same people): their tokens are remembered.
+        got = _EMAIL_URL_TOKENS.get(value)
+        if got is None:
+            got = _provenance_token(value)
+            if len(_EMAIL_URL_TOKENS) >= 4096:
+                _EMAIL_URL_TOKENS.clear()
+            _EMAIL_URL_TOKENS[value] = got
+        return got
+    return _provenance_token(value)
+
+
+_EMAIL_URL_TOKENS: dict[Any, Token | None] = {}
+
+
+def _provenance_token(value: Any) -> Token | None:
     if isinstance(value, bool) or value is None:
         return None
     caseless: tuple[tuple[int, int], ...] = ()
@@ -1160,7 +1177,7 @@ class TokenIndex:
     True
     """
 
-    __slots__ = ("_texts", "_runs", "_lower_runs", "_joined", "_lower_joined")
+    __slots__ = ("_texts", "_runs", "_lower_runs", "_joined", "_lower_joined", "_answers")
 
     def __init__(self, texts: Iterable[str] = ()) -> None:
         self._texts: list[str] = []
@@ -1168,6 +1185,8 @@ class TokenIndex:
         self._lower_runs: set[str] = set()
         self._joined: str | None = None
         self._lower_joined: str | None = None
+        # Answers since the last `add`: a session asks about the same few values again and again.
+        self._answers: dict[Token, bool] = {}
         for text in texts:
             self.add(text)
 
@@ -1178,6 +1197,7 @@ class TokenIndex:
             if run.endswith("."):
                 self._add_run(run[:-1])
         self._joined = self._lower_joined = None
+        self._answers.clear()
 
     def _add_run(self, run: str) -> None:
         self._runs.add(run)
@@ -1188,6 +1208,15 @@ class TokenIndex:
 
     def contains(self, token: str | Token) -> bool:
         token = _as_token(token)
+        got = self._answers.get(token)
+        if got is None:
+            got = self._contains(token)
+            if len(self._answers) >= 1024:
+                self._answers.clear()
+            self._answers[token] = got
+        return got
+
+    def _contains(self, token: Token) -> bool:
         size = len(token.text)
         if size < 3:
             return False
