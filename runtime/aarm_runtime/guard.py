@@ -1279,7 +1279,11 @@ class Guard:
     def _check_risk(self, ctx: GuardContext, risk: Mapping[str, Any]) -> tuple[Any, Any, Any]:
         """Risk signals validated as the engine's context does (callers send the same few again and again)."""
         try:
-            key: Any = tuple(sorted((k, type(v), v) for k, v in risk.items()))
+            if len(risk) == 1:  # the common case, one signal: nothing to sort
+                ((k, v),) = risk.items()
+                key: Any = ((k, type(v), v),)
+            else:
+                key = tuple(sorted((k, type(v), v) for k, v in risk.items()))
             hash(key)
         except TypeError:
             key = None
