@@ -25,6 +25,10 @@ timed loop (every row states its fsync mode):
 * acknowledged — `Guard.submit(...)`: the same until the covering fsync has
   returned (``group`` and ``always``); this is what `Guard.call` waits for
   before it runs the tool;
+* ablation (not a mode) — `submit(wait=False)` with a signer that returns
+  64 zero bytes (fsync ``none``, so no flusher thread either): what the
+  guard's path costs without Ed25519; its log does not verify and is thrown
+  away;
 * group commit, 4 threads, each with its own session: acknowledged decisions
   per second and their latency.
 * memory of a long-running guard — sessions of 20 allowed sends with their
@@ -48,6 +52,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+from aarm_runtime import keys  # noqa: E402
 from aarm_runtime import receipts as R  # noqa: E402
 from aarm_runtime.guard import Guard  # noqa: E402
 from aarm_runtime.identity import Identity, issue_identity  # noqa: E402
@@ -74,9 +79,20 @@ class Clock:
         return self.t
 
 
-def make_guard(artifact: bytes, directory: Path, fsync: str, aligner: object = None) -> tuple[Guard, Clock]:
+class NullSigner(keys.SigningKey):
+    """For one ablation row only, never a mode: "signs" with 64 zero bytes, so the row shows what the guard's
+    path costs without Ed25519. Its log does not verify and is thrown away."""
+
+    __slots__ = ()
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(keys.SIGNATURE_SIZE)
+
+
+def make_guard(artifact: bytes, directory: Path, fsync: str, aligner: object = None,
+               key: keys.SigningKey = RECEIPT_KEY) -> tuple[Guard, Clock]:
     clock = Clock()
-    log = ReceiptLog.create(Path(tempfile.mkdtemp(dir=directory)) / "receipts.cbor", RECEIPT_KEY, fsync=fsync,
+    log = ReceiptLog.create(Path(tempfile.mkdtemp(dir=directory)) / "receipts.cbor", key, fsync=fsync,
                             checkpoint_interval_s=None)
     g = guard_over(artifact, log, clock=clock, aligner=aligner)
     return g, clock
@@ -146,8 +162,8 @@ def bench_log(directory: Path, budget: float) -> dict:
 
 
 def bench_submit(artifact: bytes, directory: Path, fsync: str, wait: bool, budget: float,
-                 aligner: object = None) -> dict:
-    g, clock = make_guard(artifact, directory, fsync, aligner)
+                 aligner: object = None, key: keys.SigningKey = RECEIPT_KEY) -> dict:
+    g, clock = make_guard(artifact, directory, fsync, aligner, key)
     s = open_session(g)
     for _ in range(20):
         clock.t += 361
@@ -279,7 +295,11 @@ def markdown(out: dict) -> str:
         "the guard's path every piece costs more than alone, its code and data no longer in the caches); the "
         "rest is the guard: params canonicalised and digested, the identity re-check (the token's signature is "
         "verified once, then expiry and revocation per decision), the risk signals, ids and argument hash, the "
-        "receipt record, the session's context log (two entries per ALLOW) and history, the submission.",
+        "receipt record, the session's context log (two entries per ALLOW) and history, the submission. "
+        f"Without Ed25519 (the ablation row, fsync none) the same path is "
+        f"{next(r for r in rows if r['key'] == 'ablation_unsigned')['p50_us']:.1f} µs: "
+        + ("already above the goal before any signature." if next(r for r in rows if r['key'] ==
+           'ablation_unsigned')['p50_us'] > GOAL_P50_US else "under the goal before any signature."),
         "",
         "Notes: *signed + appended* returns once the receipt is signed and in the file (page cache); `Guard.call`, "
         "and `Guard.submit` by default, also wait for the fsync that covers it before the tool may run — the "
@@ -353,6 +373,9 @@ def main() -> None:
             bench_submit(artifact, tmp_dir, "group", True, budget))
         row("signed_none", "decide + receipt signed + appended (`submit`)", "none (unsafe: never synced)",
             bench_submit(artifact, tmp_dir, "none", True, budget))
+        row("ablation_unsigned", "ablation, not a mode: decide + receipt appended (`submit(wait=False)`) with the "
+            "signature replaced by 64 zero bytes — the guard's path without Ed25519", "none (unsafe: never synced)",
+            bench_submit(artifact, tmp_dir, "none", False, budget, key=NullSigner.from_seed(bytes(range(1, 33)))))
         out["rows"] = rows
         out["threads"] = bench_threads(artifact, tmp_dir, budget)
     out["markdown"] = markdown(out)
