@@ -1211,7 +1211,7 @@ class TokenIndex:
         got = self._answers.get(token)
         if got is None:
             got = self._contains(token)
-            if len(self._answers) >= 1024:
+            if len(self._answers) >= 256:
                 self._answers.clear()
             self._answers[token] = got
         return got
