@@ -418,6 +418,64 @@ def test_workers_agree_with_in_process_verification(tmp_path: Path) -> None:
         assert one == two == three and one.status is not Status.COMPLETE and one.index == k
 
 
+def _windowed_cases(tmp_path: Path) -> list[bytes]:
+    """Logs whose verdicts depend on where items start and end: complete, torn, zero-filled, flipped bytes,
+    malformed, an item that hides others, a recovery record checked against its own offset."""
+    path = tmp_path / "sample.cbor"
+    write_sample_log(path)
+    data = path.read_bytes()
+    spans, _ = R.split_items(data)
+    s, e = spans[3]
+    item = data[s:e]
+    p = 5 + item[3]  # as in test_receipts: the payload's length made to swallow the items after it
+    head = {0x58: 2, 0x59: 3}[item[p]]
+    hiding = data[:s] + item[:p] + b"\x5a" + (10**6).to_bytes(4, "big") + item[p + head:] + data[e:]
+    opened = forge([OPEN, start()])
+    rec = Record(kind=Kind.RECOVERY, recovery=R.Recovery(offset=len(opened), length=3, digest=bytes(32)))
+    cases = [data, data[:-7], data[:spans[-2][1] + 1], data + bytes(50), data[:spans[-1][0]] + bytes(9), hiding,
+             data[:spans[2][0]] + b"\xff" + data[spans[2][0] + 1:], forge([OPEN, start(), rec, close(0), CP()])]
+    for k in (1, len(spans) // 2, len(spans) - 2):
+        flipped = bytearray(data)
+        flipped[(spans[k][0] + spans[k][1]) // 2] ^= 0x04
+        cases.append(bytes(flipped))
+    return cases
+
+
+@pytest.mark.parametrize("window", [1, 97, 700, 4096])
+def test_reading_a_log_file_in_windows_changes_no_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          window: int) -> None:
+    # A file is read WINDOW_BYTES at a time (a bounded memory for any log size): whatever the windows cut,
+    # every verdict, first bad index and offset is the one the same bytes get when read whole.
+    cases = _windowed_cases(tmp_path)
+    monkeypatch.setattr(verify_module, "WINDOW_BYTES", window)
+    trust = [KEY_A.verify_key, KEY_B.verify_key]
+    statuses = set()
+    for i, case in enumerate(cases):
+        path = tmp_path / f"case{i}.cbor"
+        path.write_bytes(case)
+        whole = read_verified(case, trust, workers=1)
+        windowed = read_verified(path, trust, workers=1)
+        assert windowed == whole, (i, whole.verdict.message, windowed.verdict.message)
+        statuses.add(whole.verdict.status)
+    assert {Status.COMPLETE, Status.TORN_TAIL, Status.TAMPERED, Status.BAD_SIGNATURE} <= statuses
+
+
+def test_windows_and_worker_processes_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.cbor"
+    _big_log(path, PARALLEL_THRESHOLD // 2 + 200)
+    data = path.read_bytes()
+    spans, _ = R.split_items(data)
+    bad = bytearray(data)
+    k = len(spans) * 2 // 3
+    bad[(spans[k][0] + spans[k][1]) // 2] ^= 0x20
+    (tmp_path / "bad.cbor").write_bytes(bytes(bad))
+    monkeypatch.setattr(verify_module, "WINDOW_BYTES", len(data) // 3)
+    good = verify_log(path, TRUST + [KEY_B.verify_key], workers=2)
+    assert good == verify_log(data, TRUST + [KEY_B.verify_key], workers=1) and good.status is Status.COMPLETE
+    broken = verify_log(tmp_path / "bad.cbor", TRUST + [KEY_B.verify_key], workers=2)
+    assert broken == verify_log(bytes(bad), TRUST + [KEY_B.verify_key], workers=1) and broken.index == k
+
+
 class _StoppedWorkers(verify_module._Workers):
     """Real worker processes, stopped with SIGSTOP as soon as they start: a worker that never answers."""
 

@@ -1639,13 +1639,20 @@ class Tail:
     message: str
 
 
-def split_items(data: bytes) -> tuple[list[tuple[int, int]], Tail | None]:
+def split_items(data: bytes, *, final: bool = True, base: int = 0) -> tuple[list[tuple[int, int]], Tail | None]:
     """Cut an RFC 8742 CBOR sequence into ``(start, end)`` spans of complete items.
 
     Returns the spans and what follows the last complete item, if anything: a
     torn tail (an item that runs past the end of the data and hides no
     complete item, or a run of zero bytes as a crashed file system leaves), or
     malformed bytes (``torn=False``) after which no boundary can be trusted.
+
+    *data* may be a window of a longer log that starts at byte *base* of it:
+    spans are offsets in *data*, a tail's offset and message are the log's.
+    With ``final=False`` more of the log follows the window, so an item that
+    runs past its end, or zero bytes up to its end, are not judged: the tail
+    is then ``torn`` with the message ``"incomplete"``, and the next window
+    starts at its offset.
     """
     data = bytes(data)
     n = len(data)
@@ -1655,20 +1662,24 @@ def split_items(data: bytes) -> tuple[list[tuple[int, int]], Tail | None]:
     start = 0
     while start < n:
         if data[start] == 0 and not data[start:].strip(b"\x00"):
-            return spans, Tail(start, n - start, True, f"{n - start} zero byte(s) at the end of the log")
+            if not final:
+                return spans, Tail(base + start, n - start, True, "incomplete")
+            return spans, Tail(base + start, n - start, True, f"{n - start} zero byte(s) at the end of the log")
         try:
             decoder.decode()
         except cbor2.CBORDecodeEOF:
-            return spans, _torn_or_hiding(data, start)
+            if not final:
+                return spans, Tail(base + start, n - start, True, "incomplete")
+            return spans, _torn_or_hiding(data, start, base)
         except Exception as exc:  # noqa: BLE001 - hostile input
-            return spans, Tail(start, n - start, False, f"malformed cbor at offset {start}: {exc}")
+            return spans, Tail(base + start, n - start, False, f"malformed cbor at offset {base + start}: {exc}")
         end = fp.tell()
         spans.append((start, end))
         start = end
     return spans, None
 
 
-def _torn_or_hiding(data: bytes, start: int) -> Tail:
+def _torn_or_hiding(data: bytes, start: int, base: int = 0) -> Tail:
     n = len(data)
     # A write cut short is a prefix of one item. An item that only *seems*
     # cut short because a length was altered swallows the items after it:
@@ -1682,11 +1693,11 @@ def _torn_or_hiding(data: bytes, start: int) -> Tail:
         except Exception:  # noqa: BLE001 - not an item; keep looking
             pass
         else:
-            return Tail(start, n - start, False,
-                        f"the item at offset {start} runs past the end of the log, over a complete item at "
-                        f"offset {at}")
+            return Tail(base + start, n - start, False,
+                        f"the item at offset {base + start} runs past the end of the log, over a complete item at "
+                        f"offset {base + at}")
         at = data.find(_SIGN1_HEAD, at + 1)
-    return Tail(start, n - start, True, f"the last {n - start} byte(s) are an incomplete item (a torn write)")
+    return Tail(base + start, n - start, True, f"the last {n - start} byte(s) are an incomplete item (a torn write)")
 
 
 # ----------------------------------------------------------------------------- state machine

@@ -696,11 +696,14 @@ def timeline_command(logs: str | os.PathLike[str] | Sequence[str | os.PathLike[s
                     "" if seen[resolved] == os.fspath(p) else f" (also as `{seen[resolved]}`)"))
             seen[resolved] = os.fspath(p)
         prepared = [prepare(p, key_paths, None) for p in paths]
+        verified = [(p, read_verified(path, trusted, allow_open=allow_open)) for p, (path, trusted, _) in
+                    zip(paths, prepared)]
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE
-    verified = [(p, read_verified(data, trusted, allow_open=allow_open)) for p, (data, trusted, _) in
-                zip(paths, prepared)]
+    except OSError as exc:  # a log went away or became unreadable after `prepare` looked at it
+        print(f"error: cannot read a receipt log: {exc.strerror or exc}", file=err)
+        return EXIT_USAGE
     t = merge_timelines(verified, session=session)
     if session is not None and not t.sessions:
         names = ", ".join(f"`{p}`" for p in paths)
@@ -716,11 +719,14 @@ def timeline_command(logs: str | os.PathLike[str] | Sequence[str | os.PathLike[s
 def _single_log(log: str | os.PathLike[str], key_paths: Sequence[str | os.PathLike[str]], *, session: str | None,
                 fmt: str, anchor: str | None, allow_open: bool, out: TextIO, err: TextIO) -> int:
     try:
-        data, trusted, parsed = prepare(log, key_paths, anchor)
+        path, trusted, parsed = prepare(log, key_paths, anchor)
+        verified = read_verified(path, trusted, anchor=parsed, allow_open=allow_open)
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE
-    verified = read_verified(data, trusted, anchor=parsed, allow_open=allow_open)
+    except OSError as exc:  # the log went away or became unreadable after `prepare` looked at it
+        print(f"error: cannot read receipt log `{log}`: {exc.strerror or exc}", file=err)
+        return EXIT_USAGE
     t = build_timeline(verified, session=session)
     if session is not None and not t.sessions:
         print(f"error: no session `{session}` among the verified records of `{log}`", file=err)

@@ -63,7 +63,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -83,6 +83,7 @@ from aarm_runtime.receipts import (
     ReceiptFormatError,
     StateError,
     StateMachine,
+    Tail,
     ZERO_DIGEST,
     _build_receipt,
     _payload_facts,
@@ -99,6 +100,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "PARALLEL_THRESHOLD",
+    "WINDOW_BYTES",
     "Status",
     "Verdict",
     "VerifiedLog",
@@ -488,10 +490,41 @@ def _trust_map(trusted_keys: Mapping[bytes, keys.VerifyKey] | Sequence[keys.Veri
     return out
 
 
-def _read(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> bytes:
+# How much of a log file verification holds at once: it reads the file window by window, so its memory is
+# this plus what the state machine keeps, not the size of the log.
+WINDOW_BYTES = 32 << 20
+
+
+def _windows(source: str | os.PathLike[str] | bytes | bytearray | memoryview
+             ) -> Iterator[tuple[int, bytes, list[tuple[int, int]], Tail | None]]:
+    """The log as (base, data, spans, tail): windows of the file in order, *data* starting at byte *base*, with
+    the spans of its complete items; *tail* is what follows the last complete item of the log (last window
+    only) or malformed bytes (then no window follows). The file is read up to the size it had when opened."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
-    return Path(source).read_bytes()
+        data = bytes(source)
+        spans, tail = split_items(data)
+        yield 0, data, spans, tail
+        return
+    with open(source, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        base = 0
+        window = WINDOW_BYTES
+        while True:
+            f.seek(base)
+            want = min(window, size - base)
+            data = f.read(want)
+            # A shorter read: the file shrank meanwhile (a writer recovering its torn tail); judge what was read.
+            final = base + len(data) >= size or len(data) < want
+            spans, tail = split_items(data, final=final, base=base)
+            if final or (tail is not None and not tail.torn):
+                yield base, data, spans, tail
+                return
+            carry = len(data) if tail is None else tail.offset - base
+            if spans:
+                yield base, data, spans, None
+            # An item longer than the window: read a larger one from the same place.
+            window = WINDOW_BYTES if carry else window * 2
+            base += carry
 
 
 class _PoolError(Exception):
@@ -633,7 +666,9 @@ _DEPTH = 2  # chunks queued per worker: one being checked, one waiting
 _AHEAD = 8  # chunks this process may have checked ahead of the sequential pass
 
 
-def _run(data: bytes, spans: list[tuple[int, int]], checker: _Checker, workers: int) -> None:
+def _run(data: bytes, spans: list[tuple[int, int]], checker: _Checker, workers: int, base: int = 0) -> None:
+    """Check the items *spans* cut from *data* (a window of the log starting at byte *base*) and feed them to
+    *checker* in order."""
     if workers <= 1:
         # Item by item, so that the first bad item stops the work at once.
         known = -1
@@ -641,7 +676,7 @@ def _run(data: bytes, spans: list[tuple[int, int]], checker: _Checker, workers: 
             if len(checker.known) != known:
                 known = len(checker.known)
                 store = checker.store()
-            checker.feed(_check_item(data[start:end], store, checker.keep), start)
+            checker.feed(_check_item(data[start:end], store, checker.keep), base + start)
         return
     # Work sharing. The sequential pass takes chunks in file order. Each worker process always has `_DEPTH`
     # chunks queued, the next unassigned ones, each sent with the trust store as the sequential pass knows
@@ -711,7 +746,7 @@ def _run(data: bytes, spans: list[tuple[int, int]], checker: _Checker, workers: 
                 elif not collect(w, max(chunk_time, 0.05)):
                     check_here(k)
             for result, (start, _) in zip(results.pop(k), chunks[k]):
-                checker.feed(result, start)
+                checker.feed(result, base + start)
             fed.add(k)
     finally:
         # Every answer needed is in; a worker may still be checking a chunk this process took over.
@@ -735,25 +770,31 @@ def _auto_workers(items: int) -> int:
     return max(1, min(cpus, 4))
 
 
+def _check_windows(source: Any, checker: _Checker, workers: int | None) -> tuple[Tail | None, int]:
+    """Feed every complete item of the log to *checker*; return the log's tail and where its last item ends."""
+    tail = None
+    end_offset = 0
+    for base, data, spans, tail in _windows(source):
+        _run(data, spans, checker, _auto_workers(len(spans)) if workers is None else workers, base)
+        if spans:
+            end_offset = base + spans[-1][1]
+    return tail, end_offset
+
+
 def _verify(source: Any, trusted_keys: Any, anchor: Anchor | None, allow_open: bool, workers: int | None,
             keep: bool) -> tuple[Verdict, _Checker]:
     trusted = _trust_map(trusted_keys)
     if anchor is not None and not isinstance(anchor, Anchor):
         anchor = parse_anchor(str(anchor))
-    data = _read(source)
-    spans, tail = split_items(data)
-    if workers is None:
-        workers = _auto_workers(len(spans))
     checker = _Checker(trusted, anchor, keep)
     try:
         try:
-            _run(data, spans, checker, workers)
+            tail, end_offset = _check_windows(source, checker, workers)
         except _PoolError:
             checker = _Checker(trusted, anchor, keep)
-            _run(data, spans, checker, 1)
+            tail, end_offset = _check_windows(source, checker, 1)
     except _Stop as stop:
         return checker.verdict(stop.status, stop.message, bad=True, allow_open=allow_open), checker
-    end_offset = spans[-1][1] if spans else 0
     checker.offset = tail.offset if tail is not None else end_offset
     if tail is not None and not tail.torn:
         return checker.verdict(Status.TAMPERED, tail.message, bad=True, allow_open=allow_open), checker
@@ -820,8 +861,10 @@ def load_trusted_keys(paths: Sequence[str | os.PathLike[str]]) -> list[keys.Veri
 
 
 def prepare(log: str | os.PathLike[str], key_paths: Sequence[str | os.PathLike[str]],
-            anchor: str | None) -> tuple[bytes, list[keys.VerifyKey], Anchor | None]:
-    """Read what the commands need; raise `UsageError` with a message for the user."""
+            anchor: str | None) -> tuple[Path, list[keys.VerifyKey], Anchor | None]:
+    """Check what the commands need (the log readable, the keys, the anchor) and return the log's path, the
+    keys and the anchor; raise `UsageError` with a message for the user. The log is read later, window by
+    window (`WINDOW_BYTES`), never whole."""
     trusted = load_trusted_keys(key_paths)
     parsed = None
     if anchor is not None:
@@ -830,10 +873,11 @@ def prepare(log: str | os.PathLike[str], key_paths: Sequence[str | os.PathLike[s
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     try:
-        data = Path(log).read_bytes()
+        with open(log, "rb") as f:
+            f.read(1)
     except OSError as exc:
         raise UsageError(f"cannot read receipt log `{log}`: {exc.strerror}") from None
-    return data, trusted, parsed
+    return Path(log), trusted, parsed
 
 
 def verify_command(log: str | os.PathLike[str], key_paths: Sequence[str | os.PathLike[str]], *,
@@ -847,11 +891,14 @@ def verify_command(log: str | os.PathLike[str], key_paths: Sequence[str | os.Pat
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        data, trusted, parsed = prepare(log, key_paths, anchor)
+        path, trusted, parsed = prepare(log, key_paths, anchor)
+        verdict = verify_log(path, trusted, anchor=parsed, allow_open=allow_open)
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE
-    verdict = verify_log(data, trusted, anchor=parsed, allow_open=allow_open)
+    except OSError as exc:  # the log went away or became unreadable after `prepare` looked at it
+        print(f"error: cannot read receipt log `{log}`: {exc.strerror or exc}", file=err)
+        return EXIT_USAGE
     if fmt == "json":
         print(json.dumps(verdict.to_json(), indent=2), file=out)
     else:
