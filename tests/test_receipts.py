@@ -552,6 +552,36 @@ def test_state_machine_refusals(records: tuple[Record, ...], fragment: str, reme
         _run(*records, remember=remember)
 
 
+def _ending(kind: str, did: str) -> list[Record]:
+    """Records that finish decision *did* of session `s` (action ``a<did>``) in each way it can finish."""
+    act = "a" + did
+    out = lambda: R.outcome_record(session="s", ref=did, ok=True, start_ns=0, end_ns=1)  # noqa: E731
+    approval = lambda v: R.approval_record(session="s", ref=did, approver="c", verdict=v)  # noqa: E731
+    return {
+        "deny": [_dec("s", did, "deny", act)],
+        "allow": [_dec("s", did, "allow", act), out()],
+        "modify": [_dec("s", did, "modify", act), out()],
+        "rejected": [_dec("s", did, "step_up", act), approval("rejected")],
+        "timeout": [_dec("s", did, "step_up", act), approval("timeout")],
+        "approved": [_dec("s", did, "step_up", act), approval("approved"), out()],
+        "defer": [_dec("s", did, "defer", act), R.resolution_record(session="s", ref=did, verdict="resolved")],
+    }[kind]
+
+
+@pytest.mark.parametrize("ending", ["deny", "allow", "modify", "rejected", "timeout", "approved", "defer"])
+def test_the_verifier_keeps_a_shared_state_for_finished_decisions_and_refuses_every_follow_up(ending: str) -> None:
+    # The verifier's machine drops a finished decision's action id and shares the rest: no follow-up of
+    # any kind, naming any action or none, may pass after the decision finished.
+    sm = _run(_start("s"), *_ending(ending, "d1"), *_ending(ending, "d2"))
+    assert sm.decisions["d1"] is sm.decisions["d2"]
+    for action in (None, "ad1", "other"):
+        for follow in (R.outcome_record(session="s", ref="d1", action_id=action, ok=True, start_ns=0, end_ns=1),
+                       R.approval_record(session="s", ref="d1", action_id=action, approver="c", verdict="approved"),
+                       R.resolution_record(session="s", ref="d1", action_id=action, verdict="resolved")):
+            with pytest.raises(StateError):
+                sm.check(follow)
+
+
 def _finished_pair(s: str, did: str) -> tuple[Record, Record]:
     return (_dec(s, did, "allow", "a" + did), R.outcome_record(session=s, ref=did, ok=True, start_ns=0, end_ns=1))
 

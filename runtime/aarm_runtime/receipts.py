@@ -1743,6 +1743,10 @@ class _Recent:
         return len(self._map)
 
 
+# Stands for the action id of a finished decision in the verifier's state machine (`StateMachine._finish`).
+_ACTION_DROPPED = object()
+
+
 class StateMachine:
     """The documented order of record kinds (module docstring), applied record by record.
 
@@ -1767,7 +1771,7 @@ class StateMachine:
     The guard never reuses an id (a random prefix per process and a counter).
     """
 
-    __slots__ = ("closed", "decisions", "ended", "finished", "records", "remember", "sessions")
+    __slots__ = ("_shapes", "closed", "decisions", "ended", "finished", "records", "remember", "sessions")
 
     def __init__(self, remember: int | None = None) -> None:
         if remember is not None and (type(remember) is not int or remember < 0):
@@ -1782,6 +1786,9 @@ class StateMachine:
         # With `remember`: the most recently finished decisions and ended sessions.
         self.finished = _Recent(remember or 0)
         self.ended = _Recent(remember or 0)
+        # Without `remember`: a finished decision keeps only a tuple shared by every finished decision of its
+        # session with the same ending, so what a long log costs the verifier is about its decision ids.
+        self._shapes: dict[tuple, tuple] = {}
 
     def _decision(self, ref: str | None) -> list[Any] | None:
         d = self.decisions.get(ref)  # type: ignore[arg-type]
@@ -1791,6 +1798,11 @@ class StateMachine:
 
     def _finish(self, decision_id: str) -> None:
         if self.remember is None:
+            # No record may follow a finished decision, whatever action it names (each kind's own check
+            # refuses it: see `check`), so its action id is dropped and the rest shared.
+            d = self.decisions[decision_id]
+            shape = (d[0], d[1], _ACTION_DROPPED, d[3], d[4], d[5])
+            self.decisions[decision_id] = self._shapes.setdefault(shape, shape)
             return
         self.finished.add(decision_id, self.decisions.pop(decision_id))
 
@@ -1817,7 +1829,7 @@ class StateMachine:
             if d[0] != session:
                 raise StateError(f"{Kind(kind).label} for decision `{ref}` is in session `{session}`, the decision "
                                  f"in `{d[0]}`")
-            if action_id is not None and action_id != d[2]:
+            if action_id is not None and d[2] is not _ACTION_DROPPED and action_id != d[2]:
                 raise StateError(f"{Kind(kind).label} for decision `{ref}` names action `{action_id}`, the decision "
                                  f"`{d[2]}`")
             if kind == _APPROVAL:
