@@ -17,7 +17,10 @@ the timed loops:
 * 4 threads appending at once, fsync ``always`` against ``group`` (acks/s, ack latency);
 * verify — `verify.verify_log` over a closed log, in-process and with two
   worker processes, as records/s (wall) and CPU µs per record (this
-  process plus the workers), so that load from other jobs can be read off.
+  process plus the workers), so that load from other jobs can be read off;
+* verify memory — a fresh process verifies a log *file* (as `aarmc verify`
+  does) of two sizes: its peak resident memory, that of its worker
+  processes, and what its interpreter and modules took before verifying.
 
 Decide + append together is measured with the engine elsewhere. Writes JSON
 (with a ``markdown`` section) to ``--out``; prints the markdown.
@@ -41,7 +44,7 @@ from aarm_runtime import keys
 from aarm_runtime import receipts as R
 from aarm_runtime.decision import Decision
 from aarm_runtime.receipt_log import ReceiptLog
-from aarm_runtime.verify import PARALLEL_THRESHOLD, verify_log
+from aarm_runtime.verify import PARALLEL_THRESHOLD, WINDOW_BYTES, verify_log
 from timing_tools import filesystem as _filesystem, pct as _pct, stats as _stats, timed as _timed
 
 HERE = Path(__file__).resolve().parent
@@ -151,7 +154,8 @@ def core_check(n: int = 3000) -> dict:
     return {"verifies": n, "alone_s": alone, "two_at_once_s": together, "scaling": 2 * alone / together}
 
 
-def bench_verify(directory: Path, n_records: int, rounds: int) -> dict:
+def _verify_log_file(directory: Path, n_records: int) -> Path:
+    """A closed log of about *n_records*: one session, decisions each with its outcome."""
     path = Path(tempfile.mkdtemp(dir=directory)) / "log.cbor"
     log = ReceiptLog.create(path, KEY, fsync="none", checkpoint_interval_s=None)
     log.append(R.session_start_record("sess-1", identity=IDENTITY))
@@ -160,6 +164,39 @@ def bench_verify(directory: Path, n_records: int, rounds: int) -> dict:
         log.submit(R.outcome_record(session="sess-1", ref=f"d{i}", ok=True, start_ns=i, end_ns=i + 1000,
                                     output={"id": i}))
     log.close()
+    return path
+
+
+# Run in a fresh interpreter: its peak resident memory is then the verification's (plus the interpreter's).
+_MEMORY_PROBE = """
+import json, resource, sys, time
+from aarm_runtime import keys
+from aarm_runtime.verify import verify_log
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+v = verify_log(sys.argv[1], [keys.VerifyKey(bytes.fromhex(sys.argv[2]))])
+wall = time.perf_counter() - t0
+print(json.dumps({"status": v.status.value, "records": v.records, "wall_s": wall, "before_kb": before,
+                  "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "workers_peak_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def bench_verify_memory(directory: Path, sizes: tuple[int, ...]) -> list[dict]:
+    rows = []
+    for n in sizes:
+        path = _verify_log_file(directory, n)
+        done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), KEY.verify_key.public_bytes.hex()],
+                              capture_output=True, text=True, check=True)
+        got = json.loads(done.stdout)
+        assert got["status"] == "COMPLETE", got
+        rows.append({"bytes": path.stat().st_size, **got})
+        path.unlink()
+    return rows
+
+
+def bench_verify(directory: Path, n_records: int, rounds: int) -> dict:
+    path = _verify_log_file(directory, n_records)
     data = path.read_bytes()
     out = {"records": None, "bytes": len(data), "runs": {}, "cores": core_check()}
     for workers in (1, 2):
@@ -236,6 +273,22 @@ def markdown(out: dict) -> str:
         "chunks). Ed25519 verification holds the GIL in PyNaCl (threads do not help), so the worker is a process. "
         "Every signature and every chain link is checked in every row.",
         "",
+        "Verify memory: a fresh process runs `verify_log(path)` on a closed log file (one session, decisions "
+        "each with its outcome; worker processes as `aarmc verify` picks them). *before* is its peak resident "
+        "memory once the interpreter and modules are loaded, *peak* after verifying; the file is read in "
+        f"windows of {WINDOW_BYTES // (1 << 20)} MiB, so what grows with the log is the state machine's memory "
+        "of every decision id.",
+        "",
+        "| records | file MB | before MB | peak MB | worker peak MB | wall s |",
+        "|---:|---:|---:|---:|---:|---:|",
+        *(f"| {m['records']:,} | {m['bytes'] / 1e6:.1f} | {m['before_kb'] / 1024:.1f} | {m['peak_kb'] / 1024:.1f} | "
+          f"{m['workers_peak_kb'] / 1024:.1f} | {m['wall_s']:.1f} |" for m in out["verify_memory"]),
+        "",
+        (lambda a, b: f"Growth between the two: {(b['peak_kb'] - a['peak_kb']) * 1024 / (b['records'] - a['records']):.0f} "
+         "resident bytes per record" + (" (both files are larger than a window)." if a["bytes"] > WINDOW_BYTES else
+                                        " — the smaller file is read in one window, so this includes the window "
+                                        "filling up (a quick run)."))(*out["verify_memory"][-2:]),
+        "",
         "Notes: acknowledged latency is dominated by fdatasync on this file system; `group` costs the same as "
         "`always` for one thread appending alone and pays off when several threads append at once (one fsync "
         "covers every record written before it started). A shared 2-vCPU VM: other jobs move absolute numbers; "
@@ -267,6 +320,7 @@ def main() -> None:
         out["append"] = [bench_append(tmp_dir, mode, budget) for mode in ("always", "group", "none")]
         out["threads"] = [bench_threads(tmp_dir, mode, budget) for mode in ("always", "group")]
         out["verify"] = bench_verify(tmp_dir, n_verify, rounds)
+        out["verify_memory"] = bench_verify_memory(tmp_dir, (20_000, 80_000) if a.quick else (100_000, 400_000))
     out["markdown"] = markdown(out)
     target = Path(a.out)
     target.parent.mkdir(parents=True, exist_ok=True)
