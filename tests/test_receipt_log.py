@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aarm_runtime import cose, keys, merkle
+from aarm_runtime import cose, keys, merkle, receipt_log
 from aarm_runtime import receipts as R
 from aarm_runtime.decision import Decision
 from aarm_runtime.receipt_log import (
@@ -406,3 +406,34 @@ def test_create_refuses_bad_options(tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
     with pytest.raises(TypeError):
         ReceiptLog()
+
+
+def _reopened(path: Path, data: bytes) -> bytes | str:
+    """The file after `open` recovered *data* and the writer closed it, or the error `open` raised."""
+    path.write_bytes(data)
+    try:
+        log = ReceiptLog.open(path, KEY_B, checkpoint_interval_s=None, clock=fixed_clock(T0 + 10**12))
+    except LogError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    log.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("window", [1, 97, 700])
+def test_reopening_reads_the_log_in_windows_with_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 window: int) -> None:
+    # `open` reads the log RECOVERY_WINDOW_BYTES at a time: whatever the windows cut, the recovered log
+    # (its recovery record's offset, length and digest included) or the refusal is the one of one window.
+    source = tmp_path / "source.cbor"
+    write_sample_log(source, close=False).abandon()
+    data = source.read_bytes()
+    spans, _ = R.split_items(data)
+    s, e = spans[5]
+    chain_broken = data[:s] + data[s:e].replace(b"\x66", b"\x67", 1) + data[e:]
+    cases = [data, data[:-5], data[:spans[-1][0] + 3], data + bytes(40), data[:spans[-3][1]],
+             data[:s] + b"\xff" + data[s + 1:], chain_broken]
+    expected = [_reopened(tmp_path / f"case{i}.cbor", case) for i, case in enumerate(cases)]
+    assert any(isinstance(x, bytes) for x in expected) and any(isinstance(x, str) for x in expected)
+    monkeypatch.setattr(receipt_log, "RECOVERY_WINDOW_BYTES", window)
+    for i, case in enumerate(cases):
+        assert _reopened(tmp_path / f"case{i}.cbor", case) == expected[i], i

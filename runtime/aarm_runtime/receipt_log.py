@@ -81,9 +81,9 @@ from aarm_runtime.receipts import (
     facts,
     parse_item,
     protected_receipt_header,
+    read_windows,
     rotation_pop_message,
     sign1_receipt,
-    split_items,
 )
 
 __all__ = [
@@ -289,54 +289,30 @@ class ReceiptLog:
         return log
 
     def _recover_locked(self) -> None:
-        data = _read_all(self._fd)
-        spans, tail = split_items(data)
+        # Window by window (`RECOVERY_WINDOW_BYTES`): reopening a long log costs its state, not its size.
+        fd = self._fd
+        current_kid: bytes | None = None
+        next_kid: bytes | None = None
+        index = 0
+        end = 0
+        tail = None
+        last = (0, b"")
+        for base, data, spans, tail in read_windows(lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size,
+                                                     RECOVERY_WINDOW_BYTES):
+            last = (base, data)
+            for start, stop in spans:
+                current_kid, next_kid = self._recover_item(data[start:stop], index, base + start, current_kid,
+                                                           next_kid)
+                index += 1
+            if spans:
+                end = base + spans[-1][1]
         if tail is not None and not tail.torn:
             raise LogCorruptError(f"receipt log `{self._path}` is not recoverable: {tail.message}")
-        if not spans:
+        if index == 0:
             raise LogCorruptError(
                 f"receipt log `{self._path}` holds no complete record; it was torn while being created "
                 "or is not a receipt log"
             )
-        current_kid: bytes | None = None
-        next_kid: bytes | None = None
-        for index, (start, end) in enumerate(spans):
-            item_bytes = data[start:end]
-            try:
-                item = parse_item(item_bytes)
-            except ReceiptFormatError as exc:
-                raise LogCorruptError(f"receipt log `{self._path}`: item {index} at offset {start}: {exc}") from None
-            if not isinstance(item, RecordItem):
-                self._checkpoints += 1
-                self._last_cp_size = item.tree_size
-                continue
-            r = item.receipt
-            if next_kid is not None:
-                current_kid, next_kid = next_kid, None
-            if r.seq == 0:
-                self._log_id = r.log_id
-                current_kid = item.kid
-            problem = None
-            if r.seq != self._seq:
-                problem = f"seq {r.seq} where {self._seq} was expected"
-            elif r.log_id != self._log_id:
-                problem = "log id differs from the log-open record's"
-            elif r.prev != self._prev:
-                problem = "prev does not hash the previous record"
-            elif item.kid != current_kid:
-                problem = "signed by a key other than the log's current key"
-            if problem is None:
-                try:
-                    self._state.apply(r.record)
-                except StateError as exc:
-                    problem = str(exc)
-            if problem is not None:
-                raise LogCorruptError(f"receipt log `{self._path}`: record {self._seq} at offset {start}: {problem}")
-            if r.kind == Kind.KEY_ROTATION:
-                next_kid = keys.kid(keys.VerifyKey(r.record.rotation.public_key))
-            self._prev = hashlib.sha256(item_bytes).digest()
-            self._acc.append(merkle.leaf_hash(item_bytes))
-            self._seq += 1
         if self._state.closed:
             raise LogClosedError(f"receipt log `{self._path}` is closed; start a new log")
         if next_kid is not None:
@@ -347,7 +323,8 @@ class ReceiptLog:
                 f"`{self._kid.hex()}`"
             )
         if tail is not None:
-            removed = data[tail.offset:]
+            base, data = last
+            removed = data[tail.offset - base:]
             try:
                 os.ftruncate(self._fd, tail.offset)
                 _fdatasync(self._fd)
@@ -356,12 +333,53 @@ class ReceiptLog:
             self._recovery = Recovery(offset=tail.offset, length=len(removed), digest=hashlib.sha256(removed).digest())
             note = tail.message
         else:
-            self._recovery = Recovery(offset=len(data), length=0, digest=hashlib.sha256(b"").digest())
+            self._recovery = Recovery(offset=end, length=0, digest=hashlib.sha256(b"").digest())
             note = "restart after the log stopped without log-close"
         self._size = self._synced = self._recovery.offset
         self._append_locked(Record(kind=Kind.RECOVERY, recovery=self._recovery, note=note))
         self._checkpoint_locked()
         self._sync_locked_inline()
+
+    def _recover_item(self, item_bytes: bytes, index: int, offset: int, current_kid: bytes | None,
+                      next_kid: bytes | None) -> tuple[bytes | None, bytes | None]:
+        """Rebuild the writer's state from one item of the log being reopened; return the current and next
+        key ids."""
+        try:
+            item = parse_item(item_bytes)
+        except ReceiptFormatError as exc:
+            raise LogCorruptError(f"receipt log `{self._path}`: item {index} at offset {offset}: {exc}") from None
+        if not isinstance(item, RecordItem):
+            self._checkpoints += 1
+            self._last_cp_size = item.tree_size
+            return current_kid, next_kid
+        r = item.receipt
+        if next_kid is not None:
+            current_kid, next_kid = next_kid, None
+        if r.seq == 0:
+            self._log_id = r.log_id
+            current_kid = item.kid
+        problem = None
+        if r.seq != self._seq:
+            problem = f"seq {r.seq} where {self._seq} was expected"
+        elif r.log_id != self._log_id:
+            problem = "log id differs from the log-open record's"
+        elif r.prev != self._prev:
+            problem = "prev does not hash the previous record"
+        elif item.kid != current_kid:
+            problem = "signed by a key other than the log's current key"
+        if problem is None:
+            try:
+                self._state.apply(r.record)
+            except StateError as exc:
+                problem = str(exc)
+        if problem is not None:
+            raise LogCorruptError(f"receipt log `{self._path}`: record {self._seq} at offset {offset}: {problem}")
+        if r.kind == Kind.KEY_ROTATION:
+            next_kid = keys.kid(keys.VerifyKey(r.record.rotation.public_key))
+        self._prev = hashlib.sha256(item_bytes).digest()
+        self._acc.append(merkle.leaf_hash(item_bytes))
+        self._seq += 1
+        return current_kid, next_kid
 
     # ---------------------------------------------------------------- properties
 
@@ -730,6 +748,9 @@ _TOKEN = object()
 # its memory is then bounded by what is open plus these, however long the writer runs (`StateMachine`).
 REMEMBER_FINISHED = 65_536
 
+# How much of a log `open` reads at once while it rebuilds the writer's state (`receipts.read_windows`).
+RECOVERY_WINDOW_BYTES = 32 << 20
+
 
 def _check_options(fsync: FsyncMode | str, checkpoint_every: int, checkpoint_interval_s: float | None,
                    issuer: str, flush_delay_s: float) -> FsyncMode:
@@ -769,16 +790,3 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(dfd)
-
-
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    chunks = []
-    offset = 0
-    while offset < size:
-        chunk = os.pread(fd, min(1 << 24, size - offset), offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)

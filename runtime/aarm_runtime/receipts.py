@@ -118,7 +118,7 @@ import enum
 import hashlib
 import io
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import cbor2
@@ -171,6 +171,7 @@ __all__ = [
     "sig_structure",
     "sign1_receipt",
     "sign_receipt",
+    "read_windows",
     "split_items",
 ]
 
@@ -1677,6 +1678,34 @@ def split_items(data: bytes, *, final: bool = True, base: int = 0) -> tuple[list
         spans.append((start, end))
         start = end
     return spans, None
+
+
+def read_windows(read: Callable[[int, int], bytes], size: int, window: int
+                 ) -> Iterator[tuple[int, bytes, list[tuple[int, int]], Tail | None]]:
+    """A CBOR sequence of *size* bytes, read with ``read(offset, n)`` about *window* bytes at a time.
+
+    Yields ``(base, data, spans, tail)`` in order: *data* starts at byte *base*
+    of the sequence, *spans* are its complete items (offsets in *data*, as
+    `split_items`); *tail* is what follows the last complete item of the
+    sequence (last window only), or malformed bytes (then no window follows).
+    An item cut by a window's end starts the next window; an item longer than
+    a window gets a larger one. A short read means the sequence ends there.
+    """
+    base = 0
+    size_now = window
+    while True:
+        want = min(size_now, size - base)
+        data = read(base, want)
+        final = base + len(data) >= size or len(data) < want
+        spans, tail = split_items(data, final=final, base=base)
+        if final or (tail is not None and not tail.torn):
+            yield base, data, spans, tail
+            return
+        carry = len(data) if tail is None else tail.offset - base
+        if spans:
+            yield base, data, spans, None
+        size_now = window if carry else size_now * 2
+        base += carry
 
 
 def _torn_or_hiding(data: bytes, start: int, base: int = 0) -> Tail:

@@ -89,6 +89,7 @@ from aarm_runtime.receipts import (
     _payload_facts,
     parse_item,
     rotation_pop_message,
+    read_windows,
     scan_receipt,
     sig_structure,
     split_items,
@@ -497,34 +498,16 @@ WINDOW_BYTES = 32 << 20
 
 def _windows(source: str | os.PathLike[str] | bytes | bytearray | memoryview
              ) -> Iterator[tuple[int, bytes, list[tuple[int, int]], Tail | None]]:
-    """The log as (base, data, spans, tail): windows of the file in order, *data* starting at byte *base*, with
-    the spans of its complete items; *tail* is what follows the last complete item of the log (last window
-    only) or malformed bytes (then no window follows). The file is read up to the size it had when opened."""
+    """The log as `receipts.read_windows` yields it: a file window by window, up to the size it had when
+    opened; bytes in one window."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         spans, tail = split_items(data)
         yield 0, data, spans, tail
         return
     with open(source, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        base = 0
-        window = WINDOW_BYTES
-        while True:
-            f.seek(base)
-            want = min(window, size - base)
-            data = f.read(want)
-            # A shorter read: the file shrank meanwhile (a writer recovering its torn tail); judge what was read.
-            final = base + len(data) >= size or len(data) < want
-            spans, tail = split_items(data, final=final, base=base)
-            if final or (tail is not None and not tail.torn):
-                yield base, data, spans, tail
-                return
-            carry = len(data) if tail is None else tail.offset - base
-            if spans:
-                yield base, data, spans, None
-            # An item longer than the window: read a larger one from the same place.
-            window = WINDOW_BYTES if carry else window * 2
-            base += carry
+        fd = f.fileno()
+        yield from read_windows(lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size, WINDOW_BYTES)
 
 
 class _PoolError(Exception):
