@@ -124,8 +124,10 @@ def actions(feats: list[str]):
     ls: list = [[]]
     if "list" in feats:
         # Lists up to 2 elements over values telling the atoms apart: ("aaa": == and startswith,
-        # "zzz": in and a token, "ab": startswith without a token).
-        ls = [list(t) for n_ in range(3) for t in itertools.product(["aaa", "zzz", "ab"], repeat=n_)]
+        # "zzz": in and a token, "ab": startswith without a token, "bbb": none of the three — without it
+        # `all x startswith "a"` and `"zzz" in` together cover every list, and a deny the checker found
+        # with [""] was out of the oracle's reach).
+        ls = [list(t) for n_ in range(3) for t in itertools.product(["aaa", "zzz", "ab", "bbb"], repeat=n_)]
     for n, k, s, o, lst in itertools.product(ns, ["x", "y"], ss, os_, ls):
         params: dict[str, Any] = {"n": n, "k": k, "s": s}
         if o is not None:
