@@ -45,7 +45,9 @@ sequential pass); memory stays bounded, and verification stops at the first
 bad item. Per item the checks build no objects (`receipts.scan_receipt`):
 strict decoding, the schema, and the signature are all there is. Small logs
 are checked in-process, item by item: below `PARALLEL_THRESHOLD` items
-starting a worker costs more than it saves.
+starting a worker costs more than it saves. A log file is read in windows of
+`WINDOW_BYTES` (`receipts.read_windows`), each checked as above (workers
+per window), so memory does not grow with the file's size.
 """
 
 from __future__ import annotations
