@@ -561,6 +561,16 @@ def test_timeline_reconstructs_sessions_and_decisions(tmp_path: Path) -> None:
     assert "approval  approved by carol" in text and "deferral  resolved by resolver" in text
     only_bob = build_timeline(read_verified(path, TRUST), session="sess-bob")
     assert [s.session for s in only_bob.sessions] == ["sess-bob"]
+    # Reading one session keeps its receipts and the log's own only, and makes the same timeline.
+    full, kept = read_verified(path, TRUST), read_verified(path, TRUST, session="sess-bob")
+    assert kept.verdict == full.verdict and kept.checkpoint_sizes == full.checkpoint_sizes
+    assert kept.receipts == tuple(r for r in full.receipts if r.record.session in (None, "sess-bob"))
+    assert len(kept.receipts) < len(full.receipts)
+    assert build_timeline(kept, session="sess-bob") == only_bob
+    assert read_verified(path, TRUST, session="nobody").receipts == tuple(
+        r for r in full.receipts if r.record.session is None)
+    with pytest.raises(TypeError):
+        read_verified(path, TRUST, session=b"sess-bob")  # type: ignore[arg-type]
 
 
 def test_timeline_command(tmp_path: Path) -> None:

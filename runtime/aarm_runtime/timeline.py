@@ -696,8 +696,8 @@ def timeline_command(logs: str | os.PathLike[str] | Sequence[str | os.PathLike[s
                     "" if seen[resolved] == os.fspath(p) else f" (also as `{seen[resolved]}`)"))
             seen[resolved] = os.fspath(p)
         prepared = [prepare(p, key_paths, None) for p in paths]
-        verified = [(p, read_verified(path, trusted, allow_open=allow_open)) for p, (path, trusted, _) in
-                    zip(paths, prepared)]
+        verified = [(p, read_verified(path, trusted, allow_open=allow_open, session=session))
+                    for p, (path, trusted, _) in zip(paths, prepared)]
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE
@@ -720,7 +720,7 @@ def _single_log(log: str | os.PathLike[str], key_paths: Sequence[str | os.PathLi
                 fmt: str, anchor: str | None, allow_open: bool, out: TextIO, err: TextIO) -> int:
     try:
         path, trusted, parsed = prepare(log, key_paths, anchor)
-        verified = read_verified(path, trusted, anchor=parsed, allow_open=allow_open)
+        verified = read_verified(path, trusted, anchor=parsed, allow_open=allow_open, session=session)
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE

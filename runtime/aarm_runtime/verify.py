@@ -323,10 +323,12 @@ class _Stop(Exception):
 class _Checker:
     """Everything that depends on order: chain, keys over time, state machine, Merkle tree, checkpoints."""
 
-    def __init__(self, trusted: Mapping[bytes, keys.VerifyKey], anchor: Anchor | None, keep: bool) -> None:
+    def __init__(self, trusted: Mapping[bytes, keys.VerifyKey], anchor: Anchor | None, keep: bool,
+                 only: str | None = None) -> None:
         self.known: dict[bytes, keys.VerifyKey] = dict(trusted)  # trusted plus introduced by rotation
         self.anchor = anchor
         self.keep = keep
+        self.only = only  # with `keep`: keep the receipts of this session and the log's own only
         self.receipts: list[Receipt] = []
         self.cp_sizes: list[int] = []
         self.state = StateMachine()
@@ -420,7 +422,7 @@ class _Checker:
         self.acc.append_unchecked(leaf)
         self.prev = digest
         self.count += 1
-        if self.keep:
+        if self.keep and (self.only is None or receipt.record.session is None or receipt.record.session == self.only):
             self.receipts.append(receipt)
         if self.anchor is not None and self.count == self.anchor.size:
             if self.acc.root() != self.anchor.root:
@@ -767,16 +769,16 @@ def _check_windows(source: Any, checker: _Checker, workers: int | None) -> tuple
 
 
 def _verify(source: Any, trusted_keys: Any, anchor: Anchor | None, allow_open: bool, workers: int | None,
-            keep: bool) -> tuple[Verdict, _Checker]:
+            keep: bool, only: str | None = None) -> tuple[Verdict, _Checker]:
     trusted = _trust_map(trusted_keys)
     if anchor is not None and not isinstance(anchor, Anchor):
         anchor = parse_anchor(str(anchor))
-    checker = _Checker(trusted, anchor, keep)
+    checker = _Checker(trusted, anchor, keep, only)
     try:
         try:
             tail, end_offset = _check_windows(source, checker, workers)
         except _PoolError:
-            checker = _Checker(trusted, anchor, keep)
+            checker = _Checker(trusted, anchor, keep, only)
             tail, end_offset = _check_windows(source, checker, 1)
     except _Stop as stop:
         return checker.verdict(stop.status, stop.message, bad=True, allow_open=allow_open), checker
@@ -819,9 +821,15 @@ def verify_log(source: str | os.PathLike[str] | bytes, trusted_keys: Mapping[byt
 
 def read_verified(source: str | os.PathLike[str] | bytes, trusted_keys: Mapping[bytes, keys.VerifyKey]
                   | Sequence[keys.VerifyKey], *, anchor: Anchor | str | None = None, allow_open: bool = False,
-                  workers: int | None = None) -> VerifiedLog:
-    """`verify_log`, also returning the receipts that verified (all of them when the verdict is ok)."""
-    verdict, checker = _verify(source, trusted_keys, anchor, allow_open, workers, keep=True)
+                  workers: int | None = None, session: str | None = None) -> VerifiedLog:
+    """`verify_log`, also returning the receipts that verified (all of them when the verdict is ok).
+
+    With *session*, every record is still verified, but only that session's receipts and the log's own
+    (those without a session: log-open, key rotation, recovery, log-close) are returned: what a timeline
+    of one session reads, in memory that grows with the session, not the log."""
+    if session is not None and not isinstance(session, str):
+        raise TypeError(f"session must be a string, got `{type(session).__name__}`")
+    verdict, checker = _verify(source, trusted_keys, anchor, allow_open, workers, keep=True, only=session)
     return VerifiedLog(verdict=verdict, receipts=tuple(checker.receipts), checkpoint_sizes=tuple(checker.cp_sizes))
 
 
