@@ -474,6 +474,11 @@ def test_windows_and_worker_processes_together(tmp_path: Path, monkeypatch: pyte
     assert good == verify_log(data, TRUST + [KEY_B.verify_key], workers=1) and good.status is Status.COMPLETE
     broken = verify_log(tmp_path / "bad.cbor", TRUST + [KEY_B.verify_key], workers=2)
     assert broken == verify_log(bytes(bad), TRUST + [KEY_B.verify_key], workers=1) and broken.index == k
+    # Receipts kept for one session, built in the workers: its own and the log's, as in one process.
+    every = read_verified(data, TRUST + [KEY_B.verify_key], workers=1).receipts
+    for session in ("s", "elsewhere"):
+        kept = read_verified(path, TRUST + [KEY_B.verify_key], workers=2, session=session).receipts
+        assert kept == tuple(r for r in every if r.record.session in (None, session))
 
 
 class _StoppedWorkers(verify_module._Workers):

@@ -277,7 +277,8 @@ def _extra(m: dict[int, Any], kind: Kind) -> Any:
     return None
 
 
-def _check_item(raw: bytes, public_keys: Mapping[bytes, bytes], keep: bool) -> tuple:
+def _check_item(raw: bytes, public_keys: Mapping[bytes, bytes], keep: bool | str) -> tuple:
+    # keep: False, True (build every receipt), or a session id (build that session's and the log's own).
     try:
         scan = scan_receipt(raw)
         if scan is None:
@@ -300,13 +301,15 @@ def _check_item(raw: bytes, public_keys: Mapping[bytes, bytes], keep: bool) -> t
         except nacl.exceptions.BadSignatureError:
             ok = False
         tbs = signature = None
-    return (_R, None, kid, ok, m[K_SEQ], m[K_LOG_ID], m[K_PREV][1], _payload_facts(m, kind), _extra(m, kind),
+    fs = _payload_facts(m, kind)
+    build = keep is True or (keep is not False and (fs[1] is None or fs[1] == keep))
+    return (_R, None, kid, ok, m[K_SEQ], m[K_LOG_ID], m[K_PREV][1], fs, _extra(m, kind),
             _sha256(raw).digest(), _sha256(_LEAF + raw).digest(), tbs, signature,
-            _build_receipt(m, kind) if keep else None)
+            _build_receipt(m, kind) if build else None)
 
 
 def _check_chunk(data: bytes, spans: Sequence[tuple[int, int]], store: Mapping[bytes, bytes],
-                 keep: bool = False) -> list[tuple]:
+                 keep: bool | str = False) -> list[tuple]:
     return [_check_item(data[start:end], store, keep) for start, end in spans]
 
 
@@ -327,8 +330,8 @@ class _Checker:
                  only: str | None = None) -> None:
         self.known: dict[bytes, keys.VerifyKey] = dict(trusted)  # trusted plus introduced by rotation
         self.anchor = anchor
-        self.keep = keep
-        self.only = only  # with `keep`: keep the receipts of this session and the log's own only
+        # What `_check_item` builds receipts for: all (True), none (False), or one session's and the log's own.
+        self.keep: bool | str = only if keep and only is not None else keep
         self.receipts: list[Receipt] = []
         self.cp_sizes: list[int] = []
         self.state = StateMachine()
@@ -422,7 +425,7 @@ class _Checker:
         self.acc.append_unchecked(leaf)
         self.prev = digest
         self.count += 1
-        if self.keep and (self.only is None or receipt.record.session is None or receipt.record.session == self.only):
+        if receipt is not None:
             self.receipts.append(receipt)
         if self.anchor is not None and self.count == self.anchor.size:
             if self.acc.root() != self.anchor.root:
