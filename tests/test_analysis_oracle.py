@@ -123,11 +123,14 @@ def actions(feats: list[str]):
     os_ = [None, 0, 1, 2, 3, 4] if "o" in feats else [None, 2]
     ls: list = [[]]
     if "list" in feats:
-        # Lists up to 2 elements over values telling the atoms apart: ("aaa": == and startswith,
-        # "zzz": in and a token, "ab": startswith without a token, "bbb": none of the three — without it
-        # `all x startswith "a"` and `"zzz" in` together cover every list, and a deny the checker found
-        # with [""] was out of the oracle's reach).
-        ls = [list(t) for n_ in range(3) for t in itertools.product(["aaa", "zzz", "ab", "bbb"], repeat=n_)]
+        # Lists up to 2 elements over values telling the atoms apart: "aaa": == and startswith; "zzz": in
+        # and a token; "ab": startswith, too short to be a token; "abb": startswith and a token of an
+        # untrusted output, but not == "aaa"; "bbb": none of ==, startswith and in. Without "bbb"
+        # `all x startswith "a"` and `"zzz" in` together covered every list (a deny the checker found with
+        # [""] was out of reach); without "abb" no list was from untrusted, all startswith "a" and without
+        # "aaa" (a DEFER the checker found, which made a rule not redundant, was out of reach).
+        ls = [list(t) for n_ in range(3)
+              for t in itertools.product(["aaa", "zzz", "ab", "abb", "bbb"], repeat=n_)]
     for n, k, s, o, lst in itertools.product(ns, ["x", "y"], ss, os_, ls):
         params: dict[str, Any] = {"n": n, "k": k, "s": s}
         if o is not None:
